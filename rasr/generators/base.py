@@ -1,0 +1,185 @@
+"""The generator interface and the caller-facing wrapper that every generator shares.
+
+A generator implements only
+
+    restore(lr, ref, prompts) -> hr   lr: (B, 3, h, w) in [0, 1]; ref: (B, 3, H', W') in [0, 1] or None
+                                      prompts: B text prompts or None (text-conditioned models only)
+                                      hr: (B, 3, h * scale, w * scale) in [0, 1]
+
+on inputs whose sides are multiples of `pad_multiple`. `Restorer` does the rest for any image:
+padding so odd sizes come out at exactly scale x input, tiling with blended overlaps for large
+inputs, batching of same-size inputs, dtype/device, and the colour fix.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rasr import colorfix
+
+
+class Generator:
+    """Base class of all generators (not an nn.Module itself: models live in attributes)."""
+
+    name: str = ""
+    scale: int = 4
+    uses_reference: bool = False
+    pad_multiple: int = 1      # input sides must be multiples of this
+    tiles_internally: bool = False  # the model tiles large inputs itself (latent + VAE tiling)
+    weights_id: str = "none"
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+
+    def restore(self, lr: torch.Tensor, ref: torch.Tensor | None,
+                prompts: list[str] | None = None) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def info(self) -> dict:
+        """Extra facts recorded in each manifest row (fusion scale, tagger, precision...)."""
+        return {}
+
+
+@dataclass
+class RestoreResult:
+    image: np.ndarray                          # (H*scale, W*scale, 3) uint8
+    timings_ms: dict = field(default_factory=dict)
+
+
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (1, 3, H, W) float32 in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div(255.0)[None]
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(3, H, W) float in [0, 1] -> (H, W, 3) uint8 (rounded, not truncated)."""
+    return x.detach().float().clamp(0, 1).mul(255.0).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, int]:
+    """Pad bottom/right (reflect where possible) so both sides are multiples; returns (x, pad_h, pad_w)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x, 0, 0
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode), ph, pw
+
+
+def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    n = math.ceil((length - tile) / stride) + 1
+    starts = [min(i * stride, length - tile) for i in range(n)]
+    return sorted(set(starts))
+
+
+def _ramp(length: int, overlap: int, at_start: bool, at_end: bool, device) -> torch.Tensor:
+    """1-D blending weight: linear ramps over the overlap at inner edges, 1 elsewhere."""
+    w = torch.ones(length, device=device)
+    if overlap > 0:
+        ramp = (torch.arange(overlap, device=device, dtype=torch.float32) + 0.5) / overlap
+        if not at_start:
+            w[:overlap] = torch.minimum(w[:overlap], ramp)
+        if not at_end:
+            w[-overlap:] = torch.minimum(w[-overlap:], ramp.flip(0))
+    return w
+
+
+class Restorer:
+    """Runs a generator on images of any size: pad, tile, batch, colour-fix, crop to exact size."""
+
+    def __init__(self, generator: Generator, tile: int = 256, overlap: int = 32, color_fix: str = "none",
+                 batch_size: int = 4):
+        if color_fix not in colorfix.COLOR_FIXES:
+            raise ValueError(f"unknown colour fix {color_fix!r}: choose one of {', '.join(colorfix.COLOR_FIXES)}")
+        if tile and overlap * 2 >= tile:
+            raise ValueError(f"tile overlap {overlap} must be under half the tile size {tile}")
+        self.g = generator
+        self.tile = 0 if generator.tiles_internally else tile
+        self.overlap = overlap
+        self.color_fix = color_fix
+        self.batch_size = max(1, batch_size)
+
+    @property
+    def scale(self) -> int:
+        return self.g.scale
+
+    def config(self) -> dict:
+        """What changes the output: part of the pipeline's config hash."""
+        return {"generator": self.g.name, "weights_id": self.g.weights_id, "scale": self.g.scale,
+                "tile": self.tile, "overlap": self.overlap, "color_fix": self.color_fix, **self.g.info()}
+
+    @torch.inference_mode()
+    def restore(self, lrs: Sequence[np.ndarray], refs: Sequence[np.ndarray | None] | None = None,
+                prompts: Sequence[str] | None = None) -> list[np.ndarray]:
+        """Restore (H, W, 3) uint8 images; refs (one per image, or None) feed reference-based models,
+        prompts (one per image) text-conditioned ones."""
+        refs = list(refs) if refs is not None else [None] * len(lrs)
+        prompts = list(prompts) if prompts is not None else [""] * len(lrs)
+        if len(refs) != len(lrs) or len(prompts) != len(lrs):
+            raise ValueError(f"{len(lrs)} images but {len(refs)} references and {len(prompts)} prompts")
+        out: list[np.ndarray | None] = [None] * len(lrs)
+        # batch images of identical size (and reference presence); large ones go through tiling alone
+        groups: dict[tuple, list[int]] = {}
+        for i, (lr, ref) in enumerate(zip(lrs, refs)):
+            big = self.tile and (lr.shape[0] > self.tile or lr.shape[1] > self.tile)
+            key = ("tile", i) if big else (lr.shape[:2], ref is not None and self.g.uses_reference,
+                                            None if ref is None else ref.shape[:2])
+            groups.setdefault(key, []).append(i)
+        for key, idx in groups.items():
+            for start in range(0, len(idx), self.batch_size):
+                chunk = idx[start:start + self.batch_size]
+                lr = torch.cat([to_tensor(lrs[i]) for i in chunk])
+                ref = None
+                if self.g.uses_reference and refs[chunk[0]] is not None:
+                    ref = torch.cat([to_tensor(refs[i]) for i in chunk])
+                texts = [prompts[i] for i in chunk]
+                hr = self._restore_tiled(lr, ref, texts) if key[0] == "tile" else self._restore_padded(lr, ref, texts)
+                hr = self._fix_colour(hr, lr)
+                for j, i in enumerate(chunk):
+                    out[i] = to_uint8(hr[j])
+        return out  # type: ignore[return-value]
+
+    def _run(self, lr: torch.Tensor, ref: torch.Tensor | None, prompts: list[str]) -> torch.Tensor:
+        lr = lr.to(self.g.device)
+        ref = ref.to(self.g.device) if ref is not None else None
+        return self.g.restore(lr, ref, prompts).float()
+
+    def _restore_padded(self, lr, ref, prompts):
+        h, w = lr.shape[-2:]
+        x, _, _ = pad_to_multiple(lr, self.g.pad_multiple)
+        hr = self._run(x, ref, prompts)
+        s = self.g.scale
+        return hr[..., : h * s, : w * s]
+
+    def _restore_tiled(self, lr, ref, prompts):
+        """Tiles of `tile` LR pixels overlapping by `overlap`, blended with linear ramps."""
+        b, c, h, w = lr.shape
+        s, t, ov = self.g.scale, self.tile, self.overlap
+        out = torch.zeros(b, c, h * s, w * s, device=self.g.device)
+        weight = torch.zeros(1, 1, h * s, w * s, device=self.g.device)
+        ys, xs = _tile_starts(h, t, ov), _tile_starts(w, t, ov)
+        for y in ys:
+            for x in xs:
+                tile = lr[..., y:y + t, x:x + t]
+                th, tw = tile.shape[-2:]
+                hr = self._restore_padded(tile, ref, prompts)
+                wy = _ramp(th * s, ov * s, y == 0, y + th >= h, self.g.device)
+                wx = _ramp(tw * s, ov * s, x == 0, x + tw >= w, self.g.device)
+                wgt = (wy[:, None] * wx[None, :])[None, None]
+                out[..., y * s:(y + th) * s, x * s:(x + tw) * s] += hr * wgt
+                weight[..., y * s:(y + th) * s, x * s:(x + tw) * s] += wgt
+        return out / weight.clamp_min(1e-8)
+
+    def _fix_colour(self, hr, lr):
+        if self.color_fix == "none":
+            return hr.clamp(0, 1)
+        lr_up = F.interpolate(lr.to(hr.device), size=hr.shape[-2:], mode="bicubic", align_corners=False)
+        return colorfix.apply(hr, lr_up.clamp(0, 1), self.color_fix)

@@ -1,0 +1,140 @@
+"""Image decoding and encoding with the checks an archive needs.
+
+Every photo is turned into 8-bit RGB (H, W, 3) with its EXIF orientation applied; an alpha channel
+is kept aside and upscaled separately; grayscale inputs are written back as grayscale. Anything we
+cannot read raises ImageError with a reason a person can act on.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+DEFAULT_MAX_PIXELS = 40_000_000  # input pixels; a x4 output of this is 640 MP
+
+# We enforce our own limit before decoding; PIL's bomb check would fire with a less useful message.
+Image.MAX_IMAGE_PIXELS = None
+
+
+class ImageError(ValueError):
+    """An input that cannot be used as an image; the message is the reason recorded in manifests."""
+
+
+@dataclass
+class Decoded:
+    rgb: np.ndarray            # (H, W, 3) uint8, orientation applied
+    alpha: np.ndarray | None   # (H, W) uint8 or None
+    grayscale: bool            # the source had no colour
+    source_mode: str           # PIL mode of the file, e.g. "CMYK", "I;16"
+
+    @property
+    def width(self) -> int:
+        return int(self.rgb.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.rgb.shape[0])
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16/32-bit single-channel images: scale to 8 bit instead of clipping."""
+    arr = np.asarray(img)
+    if arr.dtype == np.uint16 or img.mode.startswith("I;16"):
+        arr = (arr.astype(np.float32) / 257.0).round().clip(0, 255).astype(np.uint8)
+    elif img.mode in ("I", "F"):
+        arr = arr.astype(np.float32)
+        hi = 65535.0 if arr.max() > 255 else 255.0
+        arr = (arr / hi * 255.0).round().clip(0, 255).astype(np.uint8)
+    return Image.fromarray(arr, mode="L")
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image") -> Decoded:
+    """Decode bytes into RGB + optional alpha, applying EXIF orientation and the pixel limit."""
+    if len(data) == 0:
+        raise ImageError("empty file (0 bytes)")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageError("not a recognised image format (the content is not an image)") from None
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for broken headers
+        raise ImageError(f"cannot open image: {e}") from None
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ImageError(
+            f"{width}x{height} = {width * height:,} pixels is above the limit of {max_pixels:,}: "
+            f"raise --max-pixels or downscale the file")
+    if width < 1 or height < 1:
+        raise ImageError(f"invalid size {width}x{height}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img.load()
+            img = ImageOps.exif_transpose(img)
+    except OSError as e:
+        raise ImageError(f"corrupt or truncated image data: {e}") from None
+    except Exception as e:  # noqa: BLE001
+        raise ImageError(f"cannot decode image: {e}") from None
+
+    mode = img.mode
+    alpha = None
+    grayscale = False
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        img = _to_8bit(img)
+        grayscale = True
+    elif mode in ("L", "1"):
+        grayscale = True
+    elif mode in ("LA", "La"):
+        alpha = np.asarray(img.getchannel("A")).copy()
+        grayscale = True
+    elif mode == "P":
+        img = img.convert("RGBA")
+        a = np.asarray(img.getchannel("A"))
+        alpha = a.copy() if (a < 255).any() else None
+    elif mode in ("RGBA", "RGBa"):
+        alpha = np.asarray(img.getchannel("A")).copy()
+    rgb = np.ascontiguousarray(np.asarray(img.convert("RGB")))
+    return Decoded(rgb=rgb, alpha=alpha, grayscale=grayscale, source_mode=mode)
+
+
+OUTPUT_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
+
+
+def encode_image(rgb: np.ndarray, fmt: str = "png", alpha: np.ndarray | None = None,
+                 grayscale: bool = False, quality: int = 95) -> bytes:
+    """Encode (H, W, 3) uint8 (+ alpha) to PNG/JPEG/WebP bytes."""
+    fmt = fmt.lower()
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"unknown output format {fmt!r}: choose one of {sorted(OUTPUT_FORMATS)}")
+    img = Image.fromarray(rgb, mode="RGB")
+    if grayscale:
+        img = img.convert("L")
+    if alpha is not None and OUTPUT_FORMATS[fmt] != "JPEG":
+        img.putalpha(Image.fromarray(alpha, mode="L"))
+    buf = io.BytesIO()
+    kwargs = {"quality": quality} if OUTPUT_FORMATS[fmt] in ("JPEG", "WEBP") else {"compress_level": 6}
+    img.save(buf, format=OUTPUT_FORMATS[fmt], **kwargs)
+    return buf.getvalue()
+
+
+def resize_alpha(alpha: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Upscale an alpha channel to the output size (bicubic, clipped)."""
+    return np.asarray(Image.fromarray(alpha, mode="L").resize((width, height), Image.BICUBIC))
+
+
+def load_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Shortcut: decoded RGB array of an image's bytes."""
+    return decode_image(data, max_pixels=max_pixels).rgb
+
+
+def thumbnail_jpeg(rgb: np.ndarray, size: int = 96) -> bytes:
+    """A small JPEG for reports and artifacts."""
+    img = Image.fromarray(rgb)
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=80)
+    return buf.getvalue()
