@@ -38,7 +38,7 @@ def preprocess(images: Sequence[np.ndarray], size: int, mean, std, resize: int |
     resize = resize or int(round(size / 0.875))
     out = []
     for img in images:
-        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float()[None] / 255.0
+        x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float()[None] / 255.0  # copy: PIL arrays are read-only
         h, w = x.shape[-2:]
         s = resize / min(h, w)
         nh, nw = max(size, round(h * s)), max(size, round(w * s))

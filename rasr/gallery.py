@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -175,8 +176,10 @@ class Gallery:
         self._matrix = None
         return len(uris)
 
-    def maintain(self, compact: bool = True) -> dict:
-        """After bulk writes: build the ANN index above ANN_MIN_ROWS, compact files, drop old versions."""
+    def maintain(self, compact: bool = True, keep_versions_for: dt.timedelta = dt.timedelta(minutes=10)) -> dict:
+        """After bulk writes: build the ANN index above ANN_MIN_ROWS, compact files, drop old versions.
+
+        Versions younger than `keep_versions_for` stay, so searches that opened one keep working."""
         info = {"rows": self.count(), "index": None}
         if info["rows"] >= ANN_MIN_ROWS:
             from lancedb.index import IvfHnswSq
@@ -185,7 +188,9 @@ class Gallery:
                 self.table.create_index("vector", config=IvfHnswSq(distance_type="cosine"), name="vector_idx")
             info["index"] = "IVF_HNSW_SQ"
         if compact:
-            self.table.optimize(cleanup_older_than=dt.timedelta(seconds=0))
+            with warnings.catch_warnings():  # lance warns that 0 s drops versions readers may hold
+                warnings.simplefilter("ignore", UserWarning)
+                self.table.optimize(cleanup_older_than=keep_versions_for)
         info["version"] = self.version()
         return info
 

@@ -41,3 +41,71 @@ def photos() -> dict[str, np.ndarray]:
 @pytest.fixture(scope="session")
 def chelsea() -> np.ndarray:
     return samples.as_rgb(samples.load_photo("chelsea"))
+
+
+# ---- servers shared by the flow tests (each started once per session) ---------------------------
+
+S3_KEY_ID = "rasr-test-key-id-7Q2"
+S3_SECRET = "rasr-test-secret-Zx81Kp"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto's server mode) on 127.0.0.1; credentials in the environment.
+
+    Started before Ray so Ray's worker processes inherit the same environment."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    os.environ.update({"AWS_ACCESS_KEY_ID": S3_KEY_ID, "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+                       "AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1"})
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_server):
+    """Ray started locally once (Ray 2.x has no local mode any more)."""
+    from tasks.runtime import init_ray, shutdown_ray
+
+    init_ray(num_cpus=2)
+    yield
+    shutdown_ray()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """Prefect's own test harness: a temporary API and database for the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture()
+def flows_env(prefect_harness, ray_session):
+    """Everything an in-process flow run needs."""
+    yield
+
+
+@pytest.fixture(scope="session")
+def sample_dirs(tmp_path_factory) -> dict[str, str]:
+    """The bundled sample: gallery/<category>/<photo>.png and a low-res archive."""
+    return samples.write_sample(str(tmp_path_factory.mktemp("sample")))
+
+
+def tree_snapshot(root: str) -> dict[str, tuple[int, int, str]]:
+    """relpath -> (size, mtime_ns, sha256) of every file under root."""
+    import hashlib
+
+    snap = {}
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            st = os.stat(p)
+            snap[os.path.relpath(p, root)] = (st.st_size, st.st_mtime_ns,
+                                              hashlib.sha256(open(p, "rb").read()).hexdigest())
+    return snap

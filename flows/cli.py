@@ -1,0 +1,226 @@
+"""`rasr`: a thin command line over the flows (each command is also a Prefect flow / deployment).
+
+Exit codes: 0 done; 1 the run could not complete (message on stderr); 2 usage error;
+3 the run completed but some inputs failed (see the summary and the manifest).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+EXIT_PARTIAL = 3
+
+
+def _quiet(verbose: bool) -> None:
+    """Set before Prefect/Ray are imported: their INFO logs would bury the progress bars."""
+    if not verbose:  # errors are printed once, by us, without Prefect's tracebacks
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+        os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
+    from tasks.runtime import quiet_environment
+
+    quiet_environment()
+
+
+def _fail(e: Exception) -> None:
+    from rasr.storage import redact
+
+    click.echo(f"error: {redact(str(e))}", err=True)
+    sys.exit(1)
+
+
+def _print_summary(title: str, summary: dict, keys: list[str]) -> None:
+    click.echo("")
+    click.echo(title)
+    width = max(len(k) for k in keys)
+    for k in keys:
+        if k in summary:
+            click.echo(f"  {k.ljust(width)}  {summary[k]}")
+
+
+def _resources(text: str | None) -> dict:
+    from tasks.actors import PoolSpec
+
+    return PoolSpec.parse_resources(text)
+
+
+_worker_options = [
+    click.option("--workers", type=int, default=None, help="Model actors to start (default: one per GPU, else 1)."),
+    click.option("--gpus-per-worker", type=float, default=None,
+                 help="GPUs each actor asks Ray for (default: 1 if the cluster has GPUs, else 0)."),
+    click.option("--worker-resources", default=None, metavar="JSON",
+                 help='Custom Ray resources per actor, e.g. \'{"gpu_worker": 1}\'.'),
+    click.option("--ray-address", default=None, envvar="RAY_ADDRESS",
+                 help="Ray cluster to use (default $RAY_ADDRESS, else a local Ray)."),
+]
+
+
+def worker_options(f):
+    for opt in reversed(_worker_options):
+        f = opt(f)
+    return f
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", is_flag=True, help="Show Prefect and Ray logs.")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
+    """Retrieval-augmented super resolution for photo archives.
+
+    \b
+    Typical use:
+      rasr sample demo/                                   # real photos to try it on
+      rasr index demo/gallery --db demo/refs.lance        # embed the reference gallery
+      rasr search photo.jpg --db demo/refs.lance -k 5     # what would be retrieved
+      rasr enhance demo/archive demo/out --db demo/refs.lance
+
+    Paths may be local folders or s3:// prefixes (credentials from the AWS environment).
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["verbose"] = verbose
+    _quiet(verbose)
+
+
+@main.command()
+@click.argument("dest", type=click.Path(file_okay=False))
+def sample(dest: str) -> None:
+    """Write bundled real photos to DEST: a gallery (by category) and a low-res archive."""
+    from rasr.samples import write_sample
+
+    paths = write_sample(dest)
+    click.echo(f"gallery: {paths['gallery']}\narchive: {paths['archive']}")
+
+
+@main.command()
+@click.argument("gallery")
+@click.option("--db", required=True, help="LanceDB location (folder or s3:// URI).")
+@click.option("--encoder", type=click.Choice(["efficientnet-lite0", "dinov2", "clip", "vgg16"]),
+              default="efficientnet-lite0", show_default=True,
+              help="Retrieval encoder (efficientnet-lite0 ships its weights; the others need --encoder-weights or a hub).")
+@click.option("--encoder-weights", default=None, help="Folder, file, s3:// URI or Hugging Face id of the encoder weights.")
+@click.option("--table", default="gallery", show_default=True, help="Gallery name; the table is <name>__<encoder>.")
+@click.option("--shard-size", type=int, default=256, show_default=True, help="Files per embedding task.")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Images per encoder call.")
+@click.option("--max-pixels", type=int, default=None, help="Skip gallery images larger than this many pixels.")
+@click.option("--no-compact", is_flag=True, help="Skip compaction of old table versions after writing.")
+@worker_options
+@click.pass_context
+def index(ctx, gallery, db, encoder, encoder_weights, table, shard_size, batch_size, max_pixels, no_compact,
+          workers, gpus_per_worker, worker_resources, ray_address) -> None:
+    """Embed a reference GALLERY (folder or s3:// prefix; category = sub-folder) into a LanceDB table.
+
+    Incremental: only new or changed files are embedded; rows of deleted files are removed."""
+    from flows.index import index_gallery
+    from rasr.images import DEFAULT_MAX_PIXELS
+
+    try:
+        summary = index_gallery(gallery, db, encoder=encoder, encoder_weights=encoder_weights, table=table,
+                                shard_size=shard_size, batch_size=batch_size, workers=workers,
+                                gpus_per_worker=gpus_per_worker, worker_resources=_resources(worker_resources),
+                                ray_address=ray_address, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+                                compact=not no_compact, show_progress=True)
+    except Exception as e:  # noqa: BLE001
+        _fail(e)
+    for err in summary["errors"]:
+        click.echo(f"  skipped {err['uri']}: {err['error']}", err=True)
+    _print_summary("index summary", summary, ["table", "files", "embedded", "deleted", "unchanged", "failed",
+                                              "rows", "ann_index", "seconds", "db"])
+    sys.exit(EXIT_PARTIAL if summary["failed"] else 0)
+
+
+@main.command()
+@click.argument("image")
+@click.option("--db", required=True, help="LanceDB location (folder or s3:// URI).")
+@click.option("-k", "--top-k", "k", type=int, default=5, show_default=True, help="How many references.")
+@click.option("--table", default=None, help="Table or gallery name (needed when the DB holds several).")
+@click.option("--category", default=None, help="Only references of this category.")
+@click.option("--encoder-weights", default=None, help="Encoder weights, if not the table's default source.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {uri, category, similarity}.")
+def search(image, db, k, table, category, encoder_weights, as_json) -> None:
+    """Show the top-k gallery references for IMAGE (an identical image is never its own reference)."""
+    import hashlib
+
+    from rasr import images, storage
+    from rasr.encoders import load_encoder
+    from rasr.gallery import Gallery
+
+    try:
+        data = storage.read_bytes(image)
+        g = Gallery.open(db, table)
+        enc = load_encoder(g.encoder, weights=encoder_weights)
+        vec = enc.encode([images.decode_image(data).rgb])
+        hits = g.search(vec, k=k, exclude_ids=[hashlib.sha256(data).hexdigest()], category=category)[0]
+    except Exception as e:  # noqa: BLE001
+        _fail(e)
+    if as_json:
+        click.echo(json.dumps([{"uri": h.uri, "category": h.category, "similarity": round(h.similarity, 6),
+                                "id": h.id} for h in hits], indent=1))
+        return
+    click.echo(f"top {len(hits)} of {g.count()} in {g.name} ({g.encoder}):")
+    for rank, h in enumerate(hits, 1):
+        click.echo(f"{rank:>3}  {h.similarity:.4f}  {h.category or '-':<14}  {h.uri}")
+
+
+@main.command()
+@click.argument("input")
+@click.argument("output")
+@click.option("--db", default=None, help="Gallery LanceDB to retrieve references from (required by refdsr).")
+@click.option("--table", default=None, help="Table or gallery name (needed when the DB holds several).")
+@click.option("--generator", type=click.Choice(["realesrgan", "bicubic", "osediff", "refdsr"]),
+              default="realesrgan", show_default=True)
+@click.option("--weights", "generator_weights", default=None,
+              help="Generator weights (realesrgan: .param/.pth/.safetensors; osediff/refdsr: SD-2.1-base folder, s3:// or hub id).")
+@click.option("--osediff-weights", default=None, help="OSEDiff LoRA (osediff.pkl or converted folder).")
+@click.option("--refdsr-weights", default=None, help="RefDSR reference-branch weights (safetensors).")
+@click.option("--fusion-scale", type=float, default=None, help="RefDSR reference fusion weight (default 0.5).")
+@click.option("--top-k", type=int, default=1, show_default=True, help="References retrieved per image (the best one is used).")
+@click.option("--min-similarity", type=float, default=0.0, show_default=True,
+              help="Below this cosine similarity the image is restored without a reference.")
+@click.option("--category-filter", is_flag=True, help="Only retrieve references from the input's own folder category.")
+@click.option("--shard-size", type=int, default=64, show_default=True, help="Images per shard (unit of resume).")
+@click.option("--batch-size", type=int, default=4, show_default=True, help="Images per model call.")
+@click.option("--tile", type=int, default=256, show_default=True, help="Tile size in input pixels (0 = never tile).")
+@click.option("--tile-overlap", type=int, default=32, show_default=True)
+@click.option("--color-fix", type=click.Choice(["none", "adain", "wavelet"]), default="none", show_default=True)
+@click.option("--format", "output_format", type=click.Choice(["png", "jpg", "webp"]), default="png", show_default=True)
+@click.option("--precision", "dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
+@click.option("--max-pixels", type=int, default=None, help="Inputs above this many pixels fail with a reason (default 40M).")
+@click.option("--tagger", default="category", show_default=True, help="Prompt tagger for diffusion generators: category|none|ram:PATH.")
+@worker_options
+def enhance(input, output, db, table, generator, generator_weights, osediff_weights, refdsr_weights, fusion_scale,
+            top_k, min_similarity, category_filter, shard_size, batch_size, tile, tile_overlap, color_fix,
+            output_format, dtype, max_pixels, tagger, workers, gpus_per_worker, worker_resources, ray_address) -> None:
+    """Enhance every photo under INPUT into OUTPUT (folders or s3:// prefixes).
+
+    Writes OUTPUT/images/<input path>.<format>, a Parquet manifest row per input and a done-marker per
+    shard. Re-running skips finished shards; a crashed run resumes where it stopped."""
+    from flows.enhance import enhance_archive
+    from rasr.images import DEFAULT_MAX_PIXELS
+
+    options = {k: v for k, v in {"osediff_weights": osediff_weights, "refdsr_weights": refdsr_weights,
+                                 "fusion_scale": fusion_scale}.items() if v is not None}
+    try:
+        summary = enhance_archive(input, output, db=db, table=table, generator=generator,
+                                  generator_weights=generator_weights, generator_options=options, top_k=top_k,
+                                  min_similarity=min_similarity, category_filter=category_filter, tile=tile,
+                                  overlap=tile_overlap, color_fix=color_fix, output_format=output_format,
+                                  max_pixels=max_pixels or DEFAULT_MAX_PIXELS, dtype=dtype, tagger=tagger,
+                                  shard_size=shard_size, batch_size=batch_size, workers=workers,
+                                  gpus_per_worker=gpus_per_worker, worker_resources=_resources(worker_resources),
+                                  ray_address=ray_address, show_progress=True)
+    except Exception as e:  # noqa: BLE001
+        _fail(e)
+    for err in summary["errors"][:50]:
+        click.echo(f"  failed {err['uri']}: {err['error']}", err=True)
+    if len(summary["errors"]) > 50:
+        click.echo(f"  ... and {len(summary['errors']) - 50} more (status = 'error' in the manifest)", err=True)
+    _print_summary("enhance summary", summary, ["run_id", "inputs", "already_done", "processed", "ok", "failed",
+                                                "skipped", "shards", "workers", "seconds", "images", "manifest"])
+    sys.exit(EXIT_PARTIAL if summary["failed"] else 0)
+
+
+if __name__ == "__main__":
+    main()

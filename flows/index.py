@@ -1,0 +1,79 @@
+"""Flow `index_gallery`: (re-)index a reference gallery into LanceDB.
+
+list the gallery -> compare with the table (uri, size, mtime) -> embed new/changed files in shards on
+Ray actors -> upsert each shard from this one process (single writer) -> delete vanished files ->
+maintain (ANN index above the threshold, compaction) -> summary artifact.
+"""
+
+from __future__ import annotations
+
+import time
+
+from flows import _env  # noqa: F401  (telemetry off before Prefect loads)
+from prefect import flow, get_run_logger
+
+from rasr import catalog, storage
+from rasr.encoders import DEFAULT_ENCODER, load_encoder
+from rasr.gallery import DEFAULT_TABLE, Gallery
+from rasr.images import DEFAULT_MAX_PIXELS
+from rasr.indexer import plan_index
+from flows._common import publish_summary
+from tasks import progress
+from tasks.actors import ActorPool, EmbedActor, PoolSpec
+from tasks.index import as_dicts, embed_shard
+from rasr.locks import gallery_lock
+from tasks.runtime import init_ray
+
+
+@flow(name="index-gallery")
+def index_gallery(gallery: str, db: str, encoder: str = DEFAULT_ENCODER, encoder_weights: str | None = None,
+                  table: str = DEFAULT_TABLE, shard_size: int = 256, batch_size: int = 32,
+                  workers: int | None = None, gpus_per_worker: float | None = None,
+                  worker_resources: dict | None = None, ray_address: str | None = None,
+                  max_pixels: int = DEFAULT_MAX_PIXELS, compact: bool = True, show_progress: bool = False) -> dict:
+    """Embed a gallery folder or s3:// prefix into a LanceDB table; only new/changed files are embedded."""
+    log = get_run_logger()
+    t0 = time.perf_counter()
+    listing = catalog.list_inputs(gallery)
+    with gallery_lock(db, table):
+        # the encoder's dimension and identity fix the table schema; loading it here is cheap (CPU)
+        probe = load_encoder(encoder, weights=encoder_weights, device="cpu")
+        g = Gallery.create_or_open(db, table, encoder, probe.dim, probe.weights_id)
+        del probe
+        plan = plan_index(listing, g.files())
+        log.info(f"gallery {storage.redact(gallery)}: {len(listing)} files, {len(plan.to_embed)} to embed, "
+                 f"{len(plan.to_delete)} vanished, {plan.unchanged} unchanged")
+        errors: list[dict] = []
+        embedded = 0
+        if plan.to_embed:
+            cluster = init_ray(ray_address)
+            spec = PoolSpec(workers, gpus_per_worker, None, worker_resources or {}).resolve(cluster)
+            pool = ActorPool(EmbedActor, spec, encoder, encoder_weights, max_pixels, batch_size=batch_size)
+            key = f"index-{id(pool)}"
+            progress.start(key, len(plan.to_embed), "embedding", show_progress)
+            try:
+                pool.ready()
+                shards = [plan.to_embed[i:i + shard_size] for i in range(0, len(plan.to_embed), shard_size)]
+                futures = [embed_shard.submit(as_dicts(s), pool, batch_size, key) for s in shards]
+                for fut in futures:  # upsert as shards finish: a crash keeps what is already written
+                    rows, errs = fut.result()
+                    g.upsert(rows)
+                    embedded += len(rows)
+                    errors.extend(errs)
+            finally:
+                progress.close(key)
+                pool.shutdown()
+        # files that failed to decode must not stay in the table with stale vectors
+        stale = plan.to_delete + [e["uri"] for e in errors if e["uri"] in g.files()]
+        deleted = g.delete_uris(stale) if stale else 0
+        maint = g.maintain(compact=compact) if (embedded or deleted) else {"rows": g.count(), "index": None}
+    summary = {
+        "gallery": storage.redact(gallery), "db": storage.redact(db), "table": g.name, "encoder": encoder,
+        "files": len(listing), "embedded": embedded, "deleted": len(plan.to_delete), "unchanged": plan.unchanged,
+        "failed": len(errors), "rows": maint["rows"], "ann_index": maint.get("index") or "none (exact search)",
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    publish_summary("index-summary", summary, errors=errors,
+                    title=f"Indexed {summary['embedded']} images into {g.name}")
+    summary["errors"] = errors
+    return summary

@@ -1,0 +1,84 @@
+"""The per-image manifest: one Parquet row per input, one file per shard, fixed schema."""
+
+from __future__ import annotations
+
+import io
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rasr import storage
+from rasr.catalog import MANIFEST_DIR
+
+STATUSES = ("ok", "error", "skipped")
+TIMING_FIELDS = ("read", "decode", "embed", "retrieve", "restore", "encode", "write", "total")
+
+SCHEMA = pa.schema([
+    pa.field("source_uri", pa.string()),
+    pa.field("relpath", pa.string()),
+    pa.field("sha256", pa.string()),
+    pa.field("status", pa.string()),             # ok | error | skipped
+    pa.field("error", pa.string()),              # reason when status != ok
+    pa.field("ref_ids", pa.list_(pa.string())),  # top-k retrieved references (sha256), best first
+    pa.field("ref_uris", pa.list_(pa.string())),
+    pa.field("ref_similarities", pa.list_(pa.float32())),
+    pa.field("ref_categories", pa.list_(pa.string())),
+    pa.field("ref_used", pa.bool_()),            # False: below --min-similarity, no-reference path
+    pa.field("generator", pa.string()),
+    pa.field("weights_id", pa.string()),
+    pa.field("encoder", pa.string()),
+    pa.field("config_hash", pa.string()),
+    pa.field("prompt", pa.string()),
+    pa.field("tagger", pa.string()),
+    pa.field("fusion_scale", pa.float32()),
+    pa.field("timings_ms", pa.struct([pa.field(n, pa.float32()) for n in TIMING_FIELDS])),
+    pa.field("output_uri", pa.string()),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("out_width", pa.int32()),
+    pa.field("out_height", pa.int32()),
+    pa.field("source_mode", pa.string()),        # PIL mode of the input file (RGB, CMYK, I;16, ...)
+    pa.field("alpha", pa.bool_()),               # the input had an alpha channel, kept in the output
+    pa.field("shard_id", pa.string()),
+    pa.field("run_id", pa.string()),
+    pa.field("processed_at", pa.timestamp("us", tz="UTC")),
+])
+
+
+def empty_row() -> dict:
+    """A row with every field present (None/empty), to be filled in."""
+    row = {f.name: None for f in SCHEMA}
+    row.update(ref_ids=[], ref_uris=[], ref_similarities=[], ref_categories=[], ref_used=False, alpha=False,
+               timings_ms={n: 0.0 for n in TIMING_FIELDS})
+    return row
+
+
+def to_table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+def write_rows(uri: str, rows: list[dict]) -> None:
+    """Write rows as one Parquet file (whole-object write: no partial files under the final name)."""
+    buf = io.BytesIO()
+    pq.write_table(to_table(rows), buf, compression="zstd")
+    storage.write_bytes(uri, buf.getvalue())
+
+
+def read_manifest(out: str, latest: bool = True) -> pa.Table:
+    """All manifest rows under <out>/manifest; latest=True keeps the newest row per source_uri."""
+    fs, base = storage.filesystem(storage.join(out, MANIFEST_DIR))
+    if not fs.exists(base):
+        return SCHEMA.empty_table()
+    files = sorted(p for p in fs.find(base) if p.endswith(".parquet"))
+    if not files:
+        return SCHEMA.empty_table()
+    tables = []
+    for path in files:
+        with fs.open(path, "rb") as f:
+            tables.append(pq.read_table(f, schema=SCHEMA))
+    table = pa.concat_tables(tables)
+    if not latest or table.num_rows == 0:
+        return table
+    df = table.to_pandas()
+    df = df.sort_values("processed_at").drop_duplicates("source_uri", keep="last").sort_values("relpath")
+    return pa.Table.from_pandas(df, schema=SCHEMA, preserve_index=False)

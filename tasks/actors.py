@@ -1,0 +1,150 @@
+"""Ray actors that hold a loaded model, and a small pool that spreads batches over them.
+
+An actor loads its encoder/generator once and then serves many batches; the Prefect task of a
+shard sends it lists of input URIs and gets manifest rows back (images never cross processes).
+GPU needs are plain Ray resources (`num_gpus`, custom resources), so the same code schedules on a
+laptop (0 GPUs) and on a cluster's GPU worker group.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+
+from tasks.runtime import ray
+
+
+@dataclass
+class PoolSpec:
+    """How many actors and what each one asks of the cluster."""
+
+    workers: int | None = None         # default: one per GPU in the cluster, else 1
+    gpus_per_worker: float | None = None  # default: 1 when the cluster has GPUs, else 0
+    cpus_per_worker: float | None = None  # default: the CPUs divided among workers (at most 4)
+    resources: dict = field(default_factory=dict)  # custom resources, e.g. {"gpu_worker": 1}
+    spread: bool = True                # place actors on different nodes when possible
+
+    def resolve(self, cluster: dict) -> "PoolSpec":
+        gpus = float(cluster.get("GPU", 0))
+        cpus = float(cluster.get("CPU", 1))
+        gpw = self.gpus_per_worker if self.gpus_per_worker is not None else (1.0 if gpus >= 1 else 0.0)
+        workers = self.workers or (int(gpus // gpw) if gpw else 1) or 1
+        # leave room for the shard tasks' reads/writes and Ray's own processes
+        cpw = self.cpus_per_worker if self.cpus_per_worker is not None else max(0.5, min(4.0, (cpus - 0.5) / workers))
+        return PoolSpec(workers, gpw, cpw, dict(self.resources), self.spread)
+
+    @staticmethod
+    def parse_resources(text: str | None) -> dict:
+        if not text:
+            return {}
+        try:
+            value = json.loads(text)
+            assert isinstance(value, dict)
+            return {str(k): float(v) for k, v in value.items()}
+        except Exception:  # noqa: BLE001
+            raise ValueError(f'--worker-resources must be a JSON object like {{"gpu_worker": 1}}, got {text!r}') from None
+
+
+def _threads(cpus: float) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, int(round(cpus))))
+
+
+@ray.remote(max_restarts=1, max_task_retries=1)
+class EnhanceActor:
+    """Holds an EnhanceWorker (encoder + gallery + generator)."""
+
+    def __init__(self, cfg: dict, cpus: float):
+        _threads(cpus)
+        from rasr.enhance import EnhanceConfig, EnhanceWorker
+
+        self.worker = EnhanceWorker(EnhanceConfig(**cfg))
+
+    def process(self, items: list[dict], out: str, shard_id: str, run_id: str) -> list[dict]:
+        from rasr.catalog import Item
+
+        return self.worker.process([Item(**i) for i in items], out, shard_id, run_id)
+
+    def where(self) -> dict:
+        return {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "pid": os.getpid()}
+
+
+@ray.remote(max_restarts=1, max_task_retries=1)
+class EmbedActor:
+    """Holds an encoder for gallery indexing."""
+
+    def __init__(self, encoder: str, weights: str | None, max_pixels: int, cpus: float, batch_size: int = 32):
+        _threads(cpus)
+        from rasr.encoders import load_encoder
+        from rasr.indexer import Embedder
+
+        self.embedder = Embedder(load_encoder(encoder, weights=weights, batch_size=batch_size), max_pixels)
+
+    def info(self) -> dict:
+        enc = self.embedder.encoder
+        return {"id": enc.id, "dim": enc.dim, "weights_id": enc.weights_id}
+
+    def embed(self, items: list[dict]) -> tuple[list[dict], list[dict]]:
+        from rasr.catalog import Item
+
+        rows, errors = self.embedder.embed([Item(**i) for i in items])
+        for r in rows:
+            r["vector"] = r["vector"].tolist()
+        return rows, errors
+
+    def where(self) -> dict:
+        return {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "pid": os.getpid()}
+
+
+def root_cause(e: BaseException) -> str:
+    """The original exception's last line from a Ray error (whose text holds remote tracebacks)."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, BaseException) and cause is not e and not isinstance(cause, ray.exceptions.RayError):
+        return f"{cause.__class__.__name__}: {cause}"
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if re.match(r"^[A-Za-z_.]*(Error|Exception|NotFound|Timeout)\b", ln):
+            return ln
+    return lines[-1] if lines else e.__class__.__name__
+
+
+class ActorPool:
+    """A fixed set of actors; `next()` hands them out round-robin (Ray queues calls per actor)."""
+
+    def __init__(self, actor_cls, spec: PoolSpec, *args, **kwargs):
+        self.spec = spec
+        options = {"num_cpus": spec.cpus_per_worker, "num_gpus": spec.gpus_per_worker,
+                   "resources": spec.resources or None}
+        if spec.spread:
+            options["scheduling_strategy"] = "SPREAD"
+        self.actors = [actor_cls.options(**options).remote(*args, cpus=spec.cpus_per_worker, **kwargs)
+                       for _ in range(spec.workers)]
+        self._cycle = itertools.cycle(self.actors)
+
+    def next(self):
+        return next(self._cycle)
+
+    def ready(self, timeout: float = 600.0) -> list[dict]:
+        """Wait until every actor has loaded its model; returns where each one runs.
+
+        Fails with a clear message when the cluster cannot place them (e.g. GPUs asked, none there)."""
+        refs = [a.where.remote() for a in self.actors]
+        done, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        if pending:
+            raise RuntimeError(
+                f"{len(pending)} of {len(refs)} workers did not start within {timeout:.0f} s: the cluster may lack "
+                f"the resources asked per worker (GPUs={self.spec.gpus_per_worker}, CPUs={self.spec.cpus_per_worker}, "
+                f"custom={self.spec.resources}); available: {ray.available_resources()}")
+        try:
+            return ray.get(done)
+        except ray.exceptions.RayError as e:
+            raise RuntimeError(f"a worker failed to start: {root_cause(e)}") from None
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            ray.kill(a)
