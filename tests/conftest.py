@@ -54,8 +54,11 @@ def s3_server():
     """A real S3-compatible server (moto's server mode) on 127.0.0.1; credentials in the environment.
 
     Started before Ray so Ray's worker processes inherit the same environment."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -81,8 +84,10 @@ def prefect_harness():
     """Prefect's own test harness: a temporary API and database for the session."""
     from prefect.testing.utilities import prefect_test_harness
 
+    import prefect.settings
+
     with prefect_test_harness(server_startup_timeout=120):
-        yield
+        yield prefect.settings.PREFECT_API_URL.value()  # subprocesses reuse it instead of starting their own
 
 
 @pytest.fixture()

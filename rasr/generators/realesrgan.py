@@ -13,7 +13,7 @@ import os
 from importlib import resources
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from rasr.devices import DTYPES, parse_dtype, pick_device
 from rasr.generators import ncnn
@@ -114,8 +114,8 @@ def ncnn_state_dict(model: ncnn.NcnnModel) -> dict[str, torch.Tensor]:
         want = activation_slope(name)
         same = slopes[i] == want or None not in (slopes[i], want) and abs(slopes[i] - want) < 1e-6
         _check(same, where, f"{at} has activation slope {slopes[i]}, expected {want}")
-        state[f"{name}.weight"] = torch.from_numpy(w.copy())
-        state[f"{name}.bias"] = torch.from_numpy(b.copy())
+        state[f"{name}.weight"] = torch.from_numpy(w)
+        state[f"{name}.bias"] = torch.from_numpy(b)
 
     interps = model.of_type("Interp")
     _check(len(interps) == 2, where, f"{len(interps)} Interp layers, expected 2 (two x2 upsamplings)")
@@ -147,10 +147,11 @@ def build_rrdbnet(state: dict[str, torch.Tensor], source: str) -> RRDBNet:
         raise ValueError(f"{source} is not an RRDBNet state dict: missing {', '.join(missing)}")
     blocks = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("body."))
     first = state["conv_first.weight"]
-    net = RRDBNet(num_in_ch=first.shape[1], num_out_ch=state["conv_last.weight"].shape[0],
-                  num_feat=first.shape[0], num_block=blocks, num_grow_ch=state["body.0.rdb1.conv1.weight"].shape[0])
+    with torch.device("meta"):  # skip the random init of 16.7M parameters: the state replaces them
+        net = RRDBNet(num_in_ch=first.shape[1], num_out_ch=state["conv_last.weight"].shape[0],
+                      num_feat=first.shape[0], num_block=blocks, num_grow_ch=state["body.0.rdb1.conv1.weight"].shape[0])
     try:
-        net.load_state_dict({k: v.float() for k, v in state.items()})
+        net.load_state_dict({k: v.float().contiguous() for k, v in state.items()}, assign=True)
     except RuntimeError as e:  # first line is a generic header; the second names the keys
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         raise ValueError(f"{source} does not fit RRDBNet: {lines[min(1, len(lines) - 1)][:300]}") from None
@@ -173,8 +174,8 @@ class RealESRGAN(Generator):
         else:
             state = _unwrap(load_state_dict(files[0]), files[0])
         self.model = build_rrdbnet(state, files[0]).eval().to(self.device, self.dtype)
-        digests = [file_digest(f) for f in files]
-        self.weights_id = digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
+        digests = "".join(file_digest(f) for f in files)  # ncnn: .param and .bin together
+        self.weights_id = digests if len(files) == 1 else hashlib.sha256(digests.encode()).hexdigest()[:16]
 
     @torch.inference_mode()
     def restore(self, lr: torch.Tensor, ref: torch.Tensor | None = None, prompts=None) -> torch.Tensor:

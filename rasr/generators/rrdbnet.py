@@ -8,8 +8,8 @@ Defaults are RealESRGAN_x4plus; the x4plus anime model is the same with num_bloc
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 
 def _conv(c_in: int, c_out: int) -> nn.Conv2d:

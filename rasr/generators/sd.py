@@ -53,7 +53,8 @@ TEXT_ENCODER_CONFIG: dict[str, Any] = dict(
     bos_token_id=0, eos_token_id=2, pad_token_id=1,
 )
 
-# scheduler/scheduler_config.json (SD-2.1-base predicts epsilon; the 768-px model predicts v).
+# scheduler/scheduler_config.json (a PNDM config; DDPMScheduler.from_config ignores its PNDM-only keys).
+# SD-2.1-base predicts epsilon; the 768-px model predicts v.
 SCHEDULER_CONFIG: dict[str, Any] = dict(
     num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
     clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
@@ -98,7 +99,7 @@ def build_random(unet_config: dict | None = None, vae_config: dict | None = None
         text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
     digest = hashlib.sha256(json.dumps([unet_config, vae_config, text_config], sort_keys=True, default=str)
                             .encode()).hexdigest()[:8]
-    comps = SDComponents(unet, vae, text_encoder, placeholder_tokenizer(), DDPMScheduler(**SCHEDULER_CONFIG),
+    comps = SDComponents(unet, vae, text_encoder, placeholder_tokenizer(), DDPMScheduler.from_config(SCHEDULER_CONFIG),
                          source="random", weights_id=f"random-{digest}")
     _freeze(comps)
     return comps

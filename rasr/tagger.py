@@ -1,0 +1,132 @@
+"""Prompt taggers: the text half of RefDSR's conditioning (prompt = tags of the LR + tags of the reference).
+
+    tagger = get_tagger("category")                       # "null" | "category" | "ram:/path/to/ram.pt2"
+    lr_tags = tagger.tags(lr_images)                      # one comma-separated string per image
+    ref_tags = tagger.tags(ref_images, categories=["tabby cat"])
+    prompt = build_prompt(lr_tags[0], ref_tags[0])        # "tabby cat, grass"
+
+The paper tags with RAM (OSEDiff uses DAPE, a RAM fine-tune). No PyPI package ships RAM or DAPE, so
+`RamTagger` runs a user-provided export of it: a `torch.export` program (.pt2, batch dimension dynamic) or a
+TorchScript module (.ts/.pt), (B, 3, S, S) ImageNet-normalised -> (B, N) logits, plus a text file with the N tag
+names, one per line (RAM's tag list), beside it as <name>.txt. Without them it raises: it is never faked.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rasr import weights as wts
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _split(tags: str | Sequence[str] | None) -> list[str]:
+    if not tags:
+        return []
+    parts = tags.split(",") if isinstance(tags, str) else list(tags)
+    return [p.strip() for p in parts if p and p.strip()]
+
+
+def build_prompt(lr_tags: str | Sequence[str] | None, ref_tags: str | Sequence[str] | None) -> str:
+    """Tags of the LR then tags of the reference, de-duplicated in order, joined with ", "."""
+    seen: dict[str, None] = {}
+    for t in _split(lr_tags) + _split(ref_tags):
+        seen.setdefault(t.lower(), None)
+    return ", ".join(seen)
+
+
+class Tagger:
+    """`tags(images, categories=None) -> list[str]`: one comma-separated tag string per (H, W, 3) uint8 image."""
+
+    name = ""
+
+    def tags(self, images: Sequence[np.ndarray], categories: Sequence[str | None] | None = None) -> list[str]:
+        raise NotImplementedError  # pragma: no cover
+
+
+class NullTagger(Tagger):
+    """No tags: the empty prompt."""
+
+    name = "null"
+
+    def tags(self, images, categories=None) -> list[str]:
+        return [""] * len(images)
+
+
+class CategoryTagger(Tagger):
+    """The gallery category the caller passes for each image (folder names: "golden_retriever" -> "golden retriever")."""
+
+    name = "category"
+
+    def tags(self, images, categories=None) -> list[str]:
+        cats = list(categories) if categories is not None else [None] * len(images)
+        if len(cats) != len(images):
+            raise ValueError(f"{len(images)} images but {len(cats)} categories")
+        return [(c or "").replace("_", " ").replace("-", " ").strip() for c in cats]
+
+
+class RamTagger(Tagger):
+    """RAM/DAPE-style multi-label tagger from a user-provided TorchScript export and its tag list."""
+
+    name = "ram"
+
+    def __init__(self, weights: str | None = None, tag_list: str | None = None, threshold: float = 0.68,
+                 image_size: int = 384, device: str | None = None):
+        weights = weights or os.environ.get("RASR_RAM_WEIGHTS")
+        if not weights:
+            raise wts.WeightsNotFound(
+                "RAM tagger unavailable: no weights given. Export RAM/DAPE with torch.export (.pt2) or TorchScript "
+                "((B, 3, 384, 384) ImageNet-normalised -> (B, N) logits) and pass ram:/path/to/model.pt2 or set RASR_RAM_WEIGHTS, "
+                "with the tag names one per line in model.txt beside it; or use the 'category' or 'null' tagger")
+        path = wts.localize(weights)
+        tag_list = tag_list or os.path.splitext(path)[0] + ".txt"
+        if not os.path.exists(tag_list):
+            raise wts.WeightsNotFound(f"RAM tag list {tag_list} not found: give one tag name per output, one per line")
+        with open(tag_list) as f:
+            self.tag_names = [line.strip() for line in f if line.strip()]
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        # both formats hold a traced graph and tensors, not pickled Python objects
+        if path.endswith(".pt2"):
+            self.model = torch.export.load(path).module().to(self.device)
+        else:
+            self.model = torch.jit.load(path, map_location=self.device).eval()
+        self.threshold, self.image_size = threshold, image_size
+
+    @torch.no_grad()
+    def tags(self, images, categories=None) -> list[str]:
+        if not images:
+            return []
+        x = torch.stack([torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1) for im in
+                         [_resize(im, self.image_size) for im in images]]).float().div(255).to(self.device)
+        mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+        probs = torch.sigmoid(self.model((x - mean) / std).float())  # (B, N)
+        if probs.shape[-1] != len(self.tag_names):
+            raise ValueError(f"tagger outputs {probs.shape[-1]} scores but the tag list has {len(self.tag_names)} names")
+        return [", ".join(self.tag_names[j] for j in torch.nonzero(p >= self.threshold).flatten().tolist())
+                for p in probs]
+
+
+def _resize(img: np.ndarray, size: int) -> np.ndarray:
+    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float()
+    t = F.interpolate(t, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    return t[0].clamp(0, 255).round().byte().permute(1, 2, 0).numpy()
+
+
+def get_tagger(spec: str | Tagger | None) -> Tagger:
+    """A tagger by name: "null", "category" or "ram[:path]" (or a Tagger, returned as is)."""
+    if isinstance(spec, Tagger):
+        return spec
+    spec = spec or "null"
+    if spec == "null":
+        return NullTagger()
+    if spec == "category":
+        return CategoryTagger()
+    if spec == "ram" or spec.startswith("ram:"):
+        return RamTagger(spec[4:] or None)
+    raise ValueError(f"unknown tagger {spec!r}: choose null, category or ram:/path/to/model.pt2")

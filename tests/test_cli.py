@@ -1,0 +1,132 @@
+"""The `rasr` command line, run as users run it (subprocesses, the installed entry point)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from PIL import Image
+
+from rasr.manifest import read_manifest
+from rasr.samples import as_rgb, load_photo, photo_names
+from tests.badinputs import PIXEL_LIMIT, write_bad_inputs
+
+RASR = [sys.executable, "-m", "flows.cli"]
+
+
+API_ENV: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_api(prefect_harness):
+    """CLI subprocesses talk to the session's test API (else each one boots its own server, ~10 s)."""
+    API_ENV["PREFECT_API_URL"] = prefect_harness
+    yield
+    API_ENV.clear()
+
+
+def run(*args, timeout=300, **kw):
+    env = {**os.environ, **API_ENV}
+    return subprocess.run([*RASR, *args], capture_output=True, text=True, timeout=timeout, env=env, **kw)
+
+
+def summary_of(stdout: str) -> dict[str, str]:
+    """The `key  value` lines of a run summary."""
+    out = {}
+    for line in stdout.splitlines():
+        parts = line.split(None, 1)
+        if line.startswith("  ") and len(parts) == 2:
+            out[parts[0]] = parts[1].strip()
+    return out
+
+
+@pytest.fixture(scope="module")
+def cli_db(tmp_path_factory, sample_dirs):
+    db = str(tmp_path_factory.mktemp("cli") / "refs.lance")
+    r = run("index", sample_dirs["gallery"], "--db", db)
+    assert r.returncode == 0, r.stderr
+    assert "embedded" in r.stdout and "20" in r.stdout
+    return db
+
+
+def test_help_is_complete():
+    top = run("--help")
+    assert top.returncode == 0
+    for cmd in ("index", "search", "enhance", "sample"):
+        assert cmd in top.stdout
+    expected = {
+        "index": ["--db", "--encoder", "efficientnet-lite0", "dinov2", "clip", "vgg16", "--encoder-weights",
+                  "--table", "--shard-size", "--workers", "--gpus-per-worker", "--ray-address"],
+        "search": ["--db", "-k", "--json", "--table", "--category"],
+        "enhance": ["--db", "--generator", "realesrgan", "bicubic", "refdsr", "osediff", "--top-k",
+                    "--min-similarity", "--shard-size", "--tile", "--color-fix", "--format", "--precision",
+                    "--max-pixels", "--workers", "--gpus-per-worker"],
+    }
+    for cmd, words in expected.items():
+        h = run(cmd, "--help")
+        assert h.returncode == 0, h.stderr
+        for w in words:
+            assert w in h.stdout, f"{cmd} --help lacks {w}"
+
+
+def test_search_json_excludes_the_identical_image(cli_db, sample_dirs):
+    chelsea = os.path.join(sample_dirs["gallery"], "animals", "chelsea.png")
+    r = run("search", chelsea, "--db", cli_db, "-k", "5", "--json")
+    assert r.returncode == 0, r.stderr
+    hits = json.loads(r.stdout)
+    assert len(hits) == 5 and all(set(h) >= {"uri", "category", "similarity"} for h in hits)
+    assert chelsea not in [h["uri"] for h in hits]  # same sha256: never its own reference
+    sims = [h["similarity"] for h in hits]
+    assert sims == sorted(sims, reverse=True) and -1 <= sims[-1] <= sims[0] <= 1
+
+    lowres = os.path.join(sample_dirs["archive"], "animals", "chelsea_lowres.jpg")
+    r = run("search", lowres, "--db", cli_db, "-k", "3")
+    assert r.returncode == 0
+    first = r.stdout.splitlines()[1]
+    assert "animals" in first and "chelsea.png" in first
+
+
+def test_enhance_reports_failures_with_exit_code_3(cli_db, tmp_path):
+    expected = write_bad_inputs(str(tmp_path / "in"))
+    r = run("enhance", str(tmp_path / "in"), str(tmp_path / "out"), "--db", cli_db, "--generator", "bicubic",
+            "--max-pixels", str(PIXEL_LIMIT))
+    assert r.returncode == 3, r.stderr
+    summary = summary_of(r.stdout)
+    assert summary["failed"] == str(sum(v == "error" for v in expected.values()))
+    assert summary["ok"] == str(sum(v == "ok" for v in expected.values()))
+    assert "truncated.jpg" in r.stderr and "enhance summary" in r.stdout
+    assert summary["images"] == str(tmp_path / "out" / "images")  # where the outputs are
+
+
+def test_kill_after_first_shard_then_resume(cli_db, tmp_path):
+    """A run killed mid-way and started again ends with exactly one manifest row per input."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    names = photo_names()[:12]
+    for n in names:
+        (src / "photos").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(as_rgb(load_photo(n))).resize((40, 32)).save(src / "photos" / f"{n}.png")
+    args = ["enhance", str(src), str(out), "--db", cli_db, "--generator", "realesrgan", "--shard-size", "2"]
+    proc = subprocess.Popen([*RASR, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, env={**os.environ, **API_ENV})
+    done_dir = out / "_done"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (done_dir.exists() and any(done_dir.iterdir())):
+        assert proc.poll() is None, "the run ended before its first shard was done"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole session: driver, Ray, workers
+    proc.wait()
+    done_at_kill = len(list(done_dir.iterdir()))
+    assert 1 <= done_at_kill < 6, "the kill must land mid-run"
+
+    r = run(*args)
+    assert r.returncode == 0, r.stderr
+    rows = read_manifest(str(out), latest=False).to_pylist()
+    assert len(rows) == len(names)
+    assert sorted(r["relpath"] for r in rows) == sorted(f"photos/{n}.png" for n in names)
+    assert all(r["status"] == "ok" for r in rows)
+    assert len(list(done_dir.iterdir())) == 6
+    assert summary_of(r.stdout)["already_done"] == str(2 * done_at_kill)  # finished shards were not redone
