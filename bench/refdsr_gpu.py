@@ -15,8 +15,11 @@ import argparse
 import copy
 import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 
 def build(name: str, device: str):

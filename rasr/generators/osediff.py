@@ -226,7 +226,9 @@ class OneStepSR(nn.Module):
 
     def null_embeddings(self, batch: int) -> torch.Tensor:
         """The empty prompt's embedding, (batch, 77, D), computed once."""
-        if self._null is None or self._null.device != self.unet.device or self._null.dtype != self.dtype:
+        stale = self._null is None or self._null.device != self.unet.device or self._null.dtype != self.dtype
+        # a tensor made under inference_mode (the Restorer) cannot enter a training graph later
+        if stale or (self._null.is_inference() and not torch.is_inference_mode_enabled()):
             self._null = self.text_embeddings([""])
         return self._null.expand(batch, -1, -1)
 
