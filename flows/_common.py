@@ -7,6 +7,9 @@ import datetime as dt
 import uuid
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.futures import as_completed, wait
+
+from rasr import storage
 
 
 def new_run_id() -> str:
@@ -34,3 +37,27 @@ def publish_summary(key: str, summary: dict, errors: list[dict] | None = None, t
             parts.append(f"**{name}**  \n![in](data:image/jpeg;base64,{b}) ![out](data:image/jpeg;base64,{a})\n")
     if errors or thumbnails:
         create_markdown_artifact(markdown="\n".join(parts), key=f"{key}-details", description=title or key)
+
+
+def run_bounded(shards: list, submit, limit: int) -> tuple[list[dict], list[dict]]:
+    """Submit shard tasks keeping at most `limit` in flight (a crash then loses little work).
+
+    Returns (results of finished shards, [{"error": ...}] of failed ones); one failure never stops
+    the others."""
+    results, failures, inflight = [], [], []
+
+    def collect(futures):
+        for fut in futures:
+            try:
+                results.append(fut.result())
+            except Exception as e:  # noqa: BLE001 - shards are independent
+                failures.append({"error": storage.redact(f"{e.__class__.__name__}: {e}")})
+
+    for shard in shards:
+        if len(inflight) >= limit:
+            first = next(as_completed(inflight))
+            collect([first])
+            inflight = [f for f in inflight if f is not first]
+        inflight.append(submit(shard))
+    collect(wait(inflight).done)
+    return results, failures

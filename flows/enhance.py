@@ -15,14 +15,13 @@ from collections import Counter
 
 from flows import _env  # noqa: F401  (telemetry off before Prefect loads)
 from prefect import flow, get_run_logger
-from prefect.futures import as_completed, wait
 
-from flows._common import new_run_id, publish_summary
+from flows._common import new_run_id, publish_summary, run_bounded
 from rasr import catalog, images, manifest, runlog, storage
 from rasr.enhance import EnhanceConfig
 from tasks import progress
-from tasks.actors import ActorPool, EnhanceActor, PoolSpec
-from tasks.enhance import enhance_shard
+from tasks.actors import ActorPool, EnhanceActor, PoolSpec, check_resources
+from tasks.shards import run_shard
 from tasks.runtime import init_ray
 
 
@@ -59,21 +58,16 @@ def enhance_archive(input: str, output: str, db: str | None = None, table: str |
     if shards:
         cluster = init_ray(ray_address)
         spec = PoolSpec(workers, gpus_per_worker, None, worker_resources or {}).resolve(cluster)
-        _check_resources(spec, cluster, ray_address)
+        check_resources(spec, cluster, ray_address)
         pool = ActorPool(EnhanceActor, spec, vars(cfg))
         key = f"enhance-{run_id}"
         progress.start(key, todo, "enhancing", show_progress)
         try:
             placement = pool.ready()
             limit = max_inflight_shards or spec.workers + 1  # bounded: a crash loses little work
-            inflight = []
-            for shard in shards:
-                if len(inflight) >= limit:
-                    first = next(as_completed(inflight))
-                    results, failures = _collect([first], results, failures)
-                    inflight = [f for f in inflight if f is not first]
-                inflight.append(enhance_shard.submit(shard.to_dict(), output, run_id, cfg_hash, pool, batch_size, key))
-            results, failures = _collect(wait(inflight).done, results, failures)
+            submit = lambda sh: run_shard.submit(sh.to_dict(), output, run_id, cfg_hash, pool,  # noqa: E731
+                                                 batch_size, {catalog.MANIFEST_DIR: manifest.SCHEMA}, key)
+            results, failures = run_bounded(shards, submit, limit)
         finally:
             progress.close(key)
             pool.shutdown()
@@ -124,24 +118,6 @@ def _check(cfg: EnhanceConfig, input: str, output: str) -> None:
     norm = (lambda u: u.rstrip("/") + "/") if storage.is_remote(input) else (lambda u: os.path.abspath(u) + os.sep)
     if norm(output).startswith(norm(input)):
         raise ValueError(f"output {output} is inside input {input}: outputs would be re-read as inputs")
-
-
-def _check_resources(spec: PoolSpec, cluster: dict, address: str | None) -> None:
-    """On a fixed local cluster, asking for GPUs that don't exist would wait forever: fail now."""
-    if address or os.environ.get("RAY_ADDRESS"):
-        return  # an autoscaling cluster may add the nodes
-    if spec.gpus_per_worker and spec.gpus_per_worker * spec.workers > cluster.get("GPU", 0):
-        raise ValueError(f"{spec.workers} workers x {spec.gpus_per_worker} GPUs asked, but this machine has "
-                         f"{cluster.get('GPU', 0):.0f} GPUs: pass --gpus-per-worker 0 or fewer --workers")
-
-
-def _collect(futures, results: list, failures: list) -> tuple[list, list]:
-    for fut in futures:
-        try:
-            results.append(fut.result())
-        except Exception as e:  # noqa: BLE001 - keep going: other shards are independent
-            failures.append({"error": storage.redact(f"{e.__class__.__name__}: {e}")})
-    return results, failures
 
 
 def _this_run_rows(output: str, run_id: str) -> list[dict]:

@@ -53,30 +53,37 @@ def empty_row() -> dict:
     return row
 
 
-def to_table(rows: list[dict]) -> pa.Table:
-    return pa.Table.from_pylist(rows, schema=SCHEMA)
-
-
-def write_rows(uri: str, rows: list[dict]) -> None:
+def write_rows(uri: str, rows: list[dict], schema: pa.Schema = SCHEMA) -> None:
     """Write rows as one Parquet file (whole-object write: no partial files under the final name)."""
     buf = io.BytesIO()
-    pq.write_table(to_table(rows), buf, compression="zstd")
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf, compression="zstd")
     storage.write_bytes(uri, buf.getvalue())
+
+
+def shard_table_uri(out: str, name: str, shard_id: str) -> str:
+    """<out>/<name>/shard=<id>/part-0.parquet"""
+    return storage.join(out, name, f"shard={shard_id}", "part-0.parquet")
+
+
+def read_table(out: str, name: str, schema: pa.Schema) -> pa.Table:
+    """Every shard file of table `name` under <out> (e.g. manifest), concatenated."""
+    fs, base = storage.filesystem(storage.join(out, name))
+    if not fs.exists(base):
+        return schema.empty_table()
+    files = sorted(p for p in fs.find(base) if p.endswith(".parquet"))
+    if not files:
+        return schema.empty_table()
+    if storage.is_remote(out):
+        blobs = fs.cat(files)  # fetched concurrently
+        tables = [pq.read_table(io.BytesIO(blobs[p]), schema=schema) for p in files]
+    else:
+        tables = [pq.read_table(p, schema=schema) for p in files]
+    return pa.concat_tables(tables)
 
 
 def read_manifest(out: str, latest: bool = True) -> pa.Table:
     """All manifest rows under <out>/manifest; latest=True keeps the newest row per source_uri."""
-    fs, base = storage.filesystem(storage.join(out, MANIFEST_DIR))
-    if not fs.exists(base):
-        return SCHEMA.empty_table()
-    files = sorted(p for p in fs.find(base) if p.endswith(".parquet"))
-    if not files:
-        return SCHEMA.empty_table()
-    tables = []
-    for path in files:
-        with fs.open(path, "rb") as f:
-            tables.append(pq.read_table(f, schema=SCHEMA))
-    table = pa.concat_tables(tables)
+    table = read_table(out, MANIFEST_DIR, SCHEMA)
     if not latest or table.num_rows == 0:
         return table
     df = table.to_pandas()

@@ -49,6 +49,15 @@ class PoolSpec:
             raise ValueError(f'--worker-resources must be a JSON object like {{"gpu_worker": 1}}, got {text!r}') from None
 
 
+def check_resources(spec: PoolSpec, cluster: dict, address: str | None) -> None:
+    """On a fixed local Ray, asking for GPUs that don't exist would wait forever: fail now instead."""
+    if address or os.environ.get("RAY_ADDRESS"):
+        return  # an autoscaling cluster may still add the nodes
+    if spec.gpus_per_worker and spec.gpus_per_worker * spec.workers > cluster.get("GPU", 0):
+        raise ValueError(f"{spec.workers} workers x {spec.gpus_per_worker} GPUs asked, but this machine has "
+                         f"{cluster.get('GPU', 0):.0f} GPUs: pass --gpus-per-worker 0 or fewer --workers")
+
+
 def _threads(cpus: float) -> None:
     import torch
 
@@ -65,7 +74,26 @@ class EnhanceActor:
 
         self.worker = EnhanceWorker(EnhanceConfig(**cfg))
 
-    def process(self, items: list[dict], out: str, shard_id: str, run_id: str) -> list[dict]:
+    def process(self, items: list[dict], out: str, shard_id: str, run_id: str) -> dict[str, list[dict]]:
+        from rasr.catalog import Item
+
+        return {"manifest": self.worker.process([Item(**i) for i in items], out, shard_id, run_id)}
+
+    def where(self) -> dict:
+        return {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "pid": os.getpid()}
+
+
+@ray.remote(max_restarts=1, max_task_retries=1)
+class EvalActor:
+    """Holds an EvalWorker (every method's generator, encoders, gallery, metrics)."""
+
+    def __init__(self, cfg: dict, cpus: float):
+        _threads(cpus)
+        from rasr.evaluate import EvalConfig, EvalWorker
+
+        self.worker = EvalWorker(EvalConfig(**cfg))
+
+    def process(self, items: list[dict], out: str, shard_id: str, run_id: str) -> dict[str, list[dict]]:
         from rasr.catalog import Item
 
         return self.worker.process([Item(**i) for i in items], out, shard_id, run_id)
