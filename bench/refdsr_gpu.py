@@ -6,7 +6,14 @@ Full-size SD-2.1-base models are built with random init directly on the GPU: spe
 weight values, so no weights are needed. Both run the production path (DiffusionGenerator.restore: bicubic x4,
 text encoder, VAE encode, one UNet step (+ ControlNet for refdsr, reference 512x512), VAE decode), timed after
 warm-up between torch.cuda.synchronize() calls. The paper reports 0.10 s (OSEDiff) and 0.15 s (RefDSR) per
-image on an A800, batch size unstated: expect the same order here, refdsr ~1.3-1.6x osediff.
+image on an A800, batch size unstated. Measured 2026-11-27 on one H200 (torch 2.11, diffusers 0.42.1), 77 s
+for the whole run including a pytest -m gpu pass:
+
+    model    batch   s/image   img/s  peak GiB
+    osediff      1    0.0912    11.0      3.06
+    osediff      8    0.0272    36.8      6.51
+    refdsr       1    0.1211     8.3      3.81
+    refdsr       8    0.0364    27.5      7.30      refdsr / osediff = 1.33x (paper 1.5x)
 """
 
 from __future__ import annotations

@@ -222,5 +222,93 @@ def enhance(input, output, db, table, generator, generator_weights, osediff_weig
     sys.exit(EXIT_PARTIAL if summary["failed"] else 0)
 
 
+def _csv(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+@main.command()
+@click.argument("hr")
+@click.argument("output")
+@click.option("--methods", default="bicubic,realesrgan", show_default=True,
+              help="Comma-separated: bicubic, realesrgan, osediff, refdsr.")
+@click.option("--ref-modes", default="retrieved", show_default=True,
+              help="References for reference-based methods: retrieved, random, none, given (comma-separated).")
+@click.option("--db", default=None, help="Gallery LanceDB (needed by retrieved/random references and Table 5).")
+@click.option("--table", default=None, help="Table or gallery name (needed when the DB holds several).")
+@click.option("--lr-dir", default=None, help="Use these LR files (matched by relative path) instead of degrading.")
+@click.option("--pairs", default=None, help="CSV image,ref for the 'given' mode (as WR-SR pairs).")
+@click.option("--encoders", default="", help="Extra retrieval encoders for Table 5, e.g. dinov2,clip,vgg16.")
+@click.option("--table5-method", default=None, help="Reference method to run with each encoder's references.")
+@click.option("--baseline", default="bicubic", show_default=True, help="Method the deltas of Table 1 refer to.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Degradation seed (per image: hash of seed + path).")
+@click.option("--crop", type=int, default=0, help="Centre-crop HR images to CROP x CROP first (0 = whole image).")
+@click.option("--metrics", "metric_names", default=",".join(["psnr", "ssim", "lpips", "dists", "niqe", "musiq", "clipiqa"]),
+              show_default=True, help="Per-image metrics (FID is added per set when its weights exist).")
+@click.option("--crop-border", type=int, default=0, show_default=True, help="Pixels shaved per side for PSNR/SSIM.")
+@click.option("--weights", "weight_specs", multiple=True, metavar="METHOD=REF",
+              help="Weights per method, e.g. realesrgan=/w/x4.pth (repeatable).")
+@click.option("--shard-size", type=int, default=32, show_default=True)
+@click.option("--examples", type=int, default=3, show_default=True, help="Best and worst images shown per method in the report.")
+@worker_options
+def evaluate(hr, output, methods, ref_modes, db, table, lr_dir, pairs, encoders, table5_method, baseline, seed, crop,
+             metric_names, crop_border, weight_specs, shard_size, examples, workers, gpus_per_worker, worker_resources,
+             ray_address) -> None:
+    """Evaluate methods on the HR test set HR (categories = sub-folders) into OUTPUT.
+
+    LR inputs come from the seeded Real-ESRGAN degradation (or --lr-dir). Writes per-image Parquet,
+    summary.parquet, table1.md (paper's Table 1 layout, deltas vs --baseline), table5.md (retrieval
+    encoders) and report.html. Resumable: a rerun skips finished shards."""
+    from flows.evaluate import evaluate as evaluate_flow
+
+    weights = {}
+    for spec in weight_specs:
+        if "=" not in spec:
+            raise click.BadParameter(f"{spec!r}: expected METHOD=REF", param_hint="--weights")
+        k, v = spec.split("=", 1)
+        weights[k.strip()] = v.strip()
+    try:
+        res = evaluate_flow(hr, output, methods=_csv(methods), ref_modes=_csv(ref_modes), db=db, table=table,
+                            lr_dir=lr_dir, pairs=pairs, encoders=_csv(encoders), table5_method=table5_method,
+                            baseline=baseline, seed=seed, crop=crop, metric_names=_csv(metric_names),
+                            crop_border=crop_border, weights=weights, shard_size=shard_size, workers=workers,
+                            gpus_per_worker=gpus_per_worker, worker_resources=_resources(worker_resources),
+                            ray_address=ray_address, report_examples=examples, show_progress=True)
+    except Exception as e:  # noqa: BLE001
+        _fail(e)
+    click.echo("\nTable 1\n" + res["table1"])
+    if res["table5"]:
+        click.echo("\nTable 5\n" + res["table5"])
+    _print_summary("evaluation summary", res, ["run_id", "images", "already_done", "evaluated", "failed_rows",
+                                               "seconds", "report"])
+    sys.exit(EXIT_PARTIAL if res["failed_rows"] else 0)
+
+
+@main.command("metrics")
+@click.argument("pred_dir")
+@click.argument("gt_dir")
+@click.option("--out", default=None, help="Write metrics.parquet, summary.parquet and metrics.md here.")
+@click.option("--metrics", "metric_names", default="psnr,ssim,lpips,dists,niqe,musiq,clipiqa", show_default=True)
+@click.option("--crop-border", type=int, default=0, show_default=True, help="Pixels shaved per side for PSNR/SSIM.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object of means by metric (null = unavailable).")
+def metrics_cmd(pred_dir, gt_dir, out, metric_names, crop_border, as_json) -> None:
+    """Score images of any tool in PRED_DIR against GT_DIR, matched by file name (extension ignored)."""
+    from flows.evaluate import score_folder
+
+    try:
+        res = score_folder(pred_dir, gt_dir, out=out, metric_names=_csv(metric_names), crop_border=crop_border,
+                           show_progress=not as_json)
+    except Exception as e:  # noqa: BLE001
+        _fail(e)
+    if as_json:
+        click.echo(json.dumps(res["means"]))
+    else:
+        click.echo(res["table"])
+        for name, st in res["status"].items():
+            if st != "ok":
+                click.echo(f"  {name}: {st}", err=True)
+        click.echo(f"\n{res['pairs']} pairs scored, {res['failed']} failed, {len(res['unmatched'])} predictions without GT")
+    sys.exit(EXIT_PARTIAL if res["failed"] else 0)
+
+
 if __name__ == "__main__":
     main()

@@ -14,7 +14,7 @@ names, one per line (RAM's tag list), beside it as <name>.txt. Without them it r
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -59,7 +59,7 @@ class NullTagger(Tagger):
 
 
 class CategoryTagger(Tagger):
-    """The gallery category the caller passes for each image (folder names: "golden_retriever" -> "golden retriever")."""
+    """The gallery category the caller passes per image (folder names: "golden_retriever" -> "golden retriever")."""
 
     name = "category"
 
@@ -81,8 +81,9 @@ class RamTagger(Tagger):
         if not weights:
             raise wts.WeightsNotFound(
                 "RAM tagger unavailable: no weights given. Export RAM/DAPE with torch.export (.pt2) or TorchScript "
-                "((B, 3, 384, 384) ImageNet-normalised -> (B, N) logits) and pass ram:/path/to/model.pt2 or set RASR_RAM_WEIGHTS, "
-                "with the tag names one per line in model.txt beside it; or use the 'category' or 'null' tagger")
+                "((B, 3, 384, 384) ImageNet-normalised -> (B, N) logits) and pass ram:/path/to/model.pt2 or set "
+                "RASR_RAM_WEIGHTS, with the tag names one per line in model.txt beside it; or use the 'category' "
+                "or 'null' tagger")
         path = wts.localize(weights)
         tag_list = tag_list or os.path.splitext(path)[0] + ".txt"
         if not os.path.exists(tag_list):
@@ -107,7 +108,7 @@ class RamTagger(Tagger):
         std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
         probs = torch.sigmoid(self.model((x - mean) / std).float())  # (B, N)
         if probs.shape[-1] != len(self.tag_names):
-            raise ValueError(f"tagger outputs {probs.shape[-1]} scores but the tag list has {len(self.tag_names)} names")
+            raise ValueError(f"tagger outputs {probs.shape[-1]} scores but its tag list has {len(self.tag_names)}")
         return [", ".join(self.tag_names[j] for j in torch.nonzero(p >= self.threshold).flatten().tolist())
                 for p in probs]
 

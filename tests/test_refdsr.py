@@ -20,8 +20,15 @@ from rasr import weights as wts
 from rasr.generators import Restorer, load_generator
 from rasr.generators import sd as sdlib
 from rasr.generators.osediff import TIMESTEP, apply_osediff, osediff_pkl_to_safetensors, read_osediff
-from rasr.generators.refdsr import (BranchConfig, DiffusionGenerator, RefDSR, build_model,
-                                    load_diffusion_generator, read_branch, unet_forward)
+from rasr.generators.refdsr import (
+    BranchConfig,
+    DiffusionGenerator,
+    RefDSR,
+    build_model,
+    load_diffusion_generator,
+    read_branch,
+    unet_forward,
+)
 from rasr.tagger import CategoryTagger, NullTagger, RamTagger, build_prompt, get_tagger
 from tests.tiny_sd import build_tiny, make_fake_osediff_pkl, perturb_branch, save_tiny
 
@@ -394,7 +401,8 @@ def test_precisions(gens):
     g = gens["refdsr"]
     lr, ref = rand(1, 3, 16, 16), rand(1, 3, 16, 16, seed=1)
     y32 = g.restore(lr, ref, ["a cat"])
-    bf = DiffusionGenerator("refdsr", copy.deepcopy(g.model), g.weights_id, dtype="bf16", tile_size=128, tile_overlap=32)
+    bf = DiffusionGenerator("refdsr", copy.deepcopy(g.model), g.weights_id, dtype="bf16", tile_size=128,
+                            tile_overlap=32)
     assert bf.info()["precision"] == "bf16" and bf.model.unet.dtype == torch.bfloat16
     y16 = bf.restore(lr, ref, ["a cat"])
     assert y16.dtype == torch.float32 and torch.isfinite(y16).all() and (y16 - y32).abs().mean() < 0.05

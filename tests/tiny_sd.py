@@ -69,10 +69,9 @@ def osediff_module_lists(unet, vae) -> tuple[list[str], list[str], list[str], li
     for n, _ in vae.named_parameters():
         if "bias" in n or "norm" in n:
             continue
-        for pat in ["conv1", "conv2", "conv_in", "conv_shortcut", "conv", "conv_out", "to_k", "to_q", "to_v", "to_out.0"]:
-            if pat in n and "encoder" in n:
-                vae_enc.append(n.replace(".weight", ""))
-            elif "quant_conv" in n and "post_quant_conv" not in n:
+        for pat in ["conv1", "conv2", "conv_in", "conv_shortcut", "conv", "conv_out", "to_k", "to_q", "to_v",
+                    "to_out.0"]:  # no break, as in OSEDiff: names repeat, peft takes them as a set
+            if (pat in n and "encoder" in n) or ("quant_conv" in n and "post_quant_conv" not in n):
                 vae_enc.append(n.replace(".weight", ""))
     return enc, dec, oth, vae_enc
 
@@ -86,7 +85,8 @@ def make_fake_osediff_pkl(unet, vae, path: str, rank: int = 4, seed: int = 0) ->
     with warnings.catch_warnings():  # three adapters on one model is OSEDiff's layout
         warnings.filterwarnings("ignore", message="Already found a `peft_config`")
         for name, targets in (("default_encoder", enc), ("default_decoder", dec), ("default_others", oth)):
-            inject_adapter_in_model(LoraConfig(r=rank, init_lora_weights="gaussian", target_modules=targets), unet, name)
+            cfg = LoraConfig(r=rank, init_lora_weights="gaussian", target_modules=targets)
+            inject_adapter_in_model(cfg, unet, name)
     inject_adapter_in_model(LoraConfig(r=rank, init_lora_weights="gaussian", target_modules=vae_enc), vae,
                             "default_encoder")
     g = torch.Generator().manual_seed(seed)

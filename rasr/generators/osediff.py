@@ -152,7 +152,8 @@ def apply_osediff(unet: nn.Module, vae: nn.Module, w: OSEDiffWeights, merge: boo
             (unet, w.unet_modules, w.rank_unet, w.alpha_unet, w.unet, "OSEDiff UNet"),
             (vae, w.vae_modules, w.rank_vae, w.alpha_vae, w.vae, "OSEDiff VAE")):
         for adapter, targets in modules.items():
-            cfg = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=sorted(set(targets)))
+            cfg = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
+                             target_modules=sorted(set(targets)))
             with warnings.catch_warnings():  # several adapters on one model is OSEDiff's layout, not a mistake
                 warnings.filterwarnings("ignore", message="Already found a `peft_config`")
                 inject_adapter_in_model(cfg, model, adapter_name=adapter)

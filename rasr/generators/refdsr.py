@@ -1,8 +1,8 @@
 """RefDSR, the RASR paper's generator G: OSEDiff plus a trainable reference branch (a ControlNet copy).
 
-    LR  -> bicubic x4 -> VAE encoder (+ OSEDiff LoRA) -> z ------------------> UNet (frozen, OSEDiff) -> x0 -> VAE decoder
+    LR  -> bicubic x4 -> VAE encoder (+ OSEDiff LoRA) -> z -----------> UNet (frozen, OSEDiff) -> x0 -> VAE decoder
     REF -> resized to the x4 LR size (or a tile) -> VAE encoder (plain) -> r -> ControlNet(z, cond=r)
-                                                     residuals x fusion scale -> only the skips of up_blocks[0..2]
+                                              residuals x fusion scale -> only the skips of up_blocks[0..2]
 
 Decisions on what the paper leaves open (each has a test in tests/test_refdsr.py):
 - Conditioning embedding: the reference enters as its 4-channel VAE latent, already at the UNet's resolution,
@@ -209,8 +209,9 @@ class RefDSR(OneStepSR):
         null = self.null_embeddings(z.shape[0])
         residuals = None
         if ref_latent is not None:
-            down, _mid = self.controlnet(z, TIMESTEP, encoder_hidden_states=null, controlnet_cond=ref_latent.to(z.dtype),
-                                         conditioning_scale=fusion_scale, return_dict=False)
+            down, _mid = self.controlnet(z, TIMESTEP, encoder_hidden_states=null,
+                                         controlnet_cond=ref_latent.to(z.dtype), conditioning_scale=fusion_scale,
+                                         return_dict=False)
             residuals = [r if j in self.used_skips else None for j, r in enumerate(down)]
         return unet_forward(self.unet, z, TIMESTEP, ctx=null, last_ctx=text.to(z.dtype), residuals=residuals)
 
@@ -246,7 +247,8 @@ def read_branch(ref: str) -> tuple[BranchConfig, dict[str, torch.Tensor]]:
     st = os.path.join(path, BRANCH_FILE) if os.path.isdir(path) else path
     meta_path = os.path.join(os.path.dirname(st), BRANCH_META)
     if not (st.endswith(".safetensors") and os.path.exists(st) and os.path.exists(meta_path)):
-        raise wts.WeightsNotFound(f"RefDSR branch at {ref} needs {BRANCH_FILE} and {BRANCH_META} (written by save_branch)")
+        raise wts.WeightsNotFound(f"RefDSR branch at {ref} needs {BRANCH_FILE} and {BRANCH_META} "
+                                  f"(written by RefDSR.save_branch)")
     with open(meta_path) as f:
         meta = json.load(f)
     if meta.get("format") != BRANCH_FORMAT:

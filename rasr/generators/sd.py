@@ -113,11 +113,12 @@ def _freeze(c: SDComponents) -> None:
 
 def missing_reason(ref: str) -> str | None:
     """Why the SD base at `ref` cannot be loaded (None when it can), checked without loading it."""
+    from huggingface_hub import try_to_load_from_cache
+
     from rasr import storage
 
     if ref.startswith("hf://") or wts.looks_like_hf_id(ref):
-        repo = ref[len("hf://"):] if ref.startswith("hf://") else ref
-        from huggingface_hub import try_to_load_from_cache
+        repo = ref.removeprefix("hf://")
 
         if isinstance(try_to_load_from_cache(repo, "unet/config.json"), str):
             return None
@@ -134,7 +135,7 @@ def missing_reason(ref: str) -> str | None:
 
 
 def load(ref: str | None = None) -> SDComponents:
-    """Load UNet, VAE, text encoder, tokenizer and DDPM scheduler from a folder, s3:// URI or hub id (frozen, fp32, CPU)."""
+    """Load UNet, VAE, text encoder, tokenizer and DDPM scheduler from a folder, s3:// URI or hub id (frozen, CPU)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -152,7 +153,8 @@ def load(ref: str | None = None) -> SDComponents:
     except (OSError, ValueError) as e:
         raise wts.WeightsNotFound(
             f"SD-2.1-base could not be loaded from {ref}: {e}. Give a diffusers-layout folder "
-            f"({', '.join(s + '/' for s in SUBFOLDERS)}) or an s3:// URI of one with weights=... or RASR_SD_BASE") from None
+            f"({', '.join(s + '/' for s in SUBFOLDERS)}) or an s3:// URI of one with weights=... or RASR_SD_BASE"
+        ) from None
     state = {f"{n}.{k}": v for n, m in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder))
              for k, v in m.state_dict().items()}
     comps = SDComponents(unet, vae, text_encoder, tokenizer, scheduler, source=ref,

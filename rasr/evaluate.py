@@ -1,0 +1,299 @@
+"""Evaluation of methods on an HR test set, one image at a time (the paper's Tables 1 and 5).
+
+For each HR image: crop to a multiple of the scale -> LR by the seeded Real-ESRGAN degradation (or an
+existing LR file) -> references per mode (retrieved | random | none | given) -> every method ->
+metrics against the HR. Retrieval accuracy (top-1 category match) is recorded per encoder.
+
+    w = EvalWorker(EvalConfig(methods=["bicubic", "realesrgan"], db="refs.lance"))
+    tables = w.process(items, out="eval/", shard_id="s0", run_id="r0")   # {"manifest": rows, "retrieval": rows}
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from rasr import catalog, images, storage
+from rasr.catalog import Item
+from rasr.metrics import METRICS, NIQE_MIN_SIZE, MetricSuite
+
+REF_MODES = ("retrieved", "random", "none", "given")
+RETRIEVAL_DIR = "retrieval"
+SCALE = 4
+
+EVAL_SCHEMA = pa.schema(
+    [pa.field("relpath", pa.string()), pa.field("source_uri", pa.string()), pa.field("category", pa.string()),
+     pa.field("method", pa.string()), pa.field("ref_mode", pa.string()), pa.field("ref_id", pa.string()),
+     pa.field("ref_uri", pa.string()), pa.field("ref_category", pa.string()),
+     pa.field("ref_similarity", pa.float32())]
+    + [pa.field(m, pa.float64()) for m in METRICS]
+    + [pa.field("restore_ms", pa.float32()), pa.field("metrics_ms", pa.float32()),
+       pa.field("degradation", pa.string()), pa.field("seed", pa.int64()), pa.field("width", pa.int32()),
+       pa.field("height", pa.int32()), pa.field("lr_uri", pa.string()), pa.field("sr_uri", pa.string()),
+       pa.field("gt_uri", pa.string()), pa.field("weights_id", pa.string()), pa.field("status", pa.string()),
+       pa.field("error", pa.string()), pa.field("shard_id", pa.string()), pa.field("run_id", pa.string()),
+       pa.field("processed_at", pa.timestamp("us", tz="UTC"))])
+
+RETRIEVAL_SCHEMA = pa.schema([
+    pa.field("relpath", pa.string()), pa.field("category", pa.string()), pa.field("encoder", pa.string()),
+    pa.field("top1_uri", pa.string()), pa.field("top1_category", pa.string()),
+    pa.field("similarity", pa.float32()), pa.field("match", pa.bool_()), pa.field("run_id", pa.string())])
+
+
+@dataclass
+class EvalConfig:
+    """What an evaluation run computes (hashed: a changed config re-evaluates)."""
+
+    methods: list[str] = field(default_factory=lambda: ["bicubic", "realesrgan"])
+    ref_modes: list[str] = field(default_factory=lambda: ["retrieved"])
+    db: str | None = None
+    table: str | None = None                 # gallery name (tables <table>__<encoder>) or full table name
+    encoders: list[str] = field(default_factory=list)  # extra retrieval encoders for Table 5
+    table5_method: str | None = None         # a reference method run with every encoder's references
+    pairs: dict[str, str] = field(default_factory=dict)   # relpath -> reference uri ("given" mode)
+    lr_files: dict[str, str] = field(default_factory=dict)  # relpath -> existing LR uri (else degrade)
+    seed: int = 0
+    crop: int = 0                            # centre-crop HR to crop x crop first (0 = whole image)
+    metrics: list[str] = field(default_factory=lambda: list(METRICS))
+    crop_border: int = 0
+    weights: dict[str, str] = field(default_factory=dict)  # method -> weights reference
+    generator_options: dict = field(default_factory=dict)
+    tile: int = 256
+    overlap: int = 32
+    color_fix: str = "none"
+    dtype: str = "fp32"
+    save_images: bool = True
+    max_pixels: int = images.DEFAULT_MAX_PIXELS
+    device: str | None = None                # not hashed
+    batch_size: int = 4                      # not hashed
+
+    def identity(self) -> dict:
+        d = asdict(self)
+        d.pop("device")
+        d.pop("batch_size")
+        d["db"] = storage.redact(self.db) if self.db else None
+        return d
+
+    def hash(self) -> str:
+        return catalog.config_hash(self.identity())
+
+
+def image_seed(seed: int, relpath: str) -> int:
+    """A per-image degradation seed: stable across runs, shards and machines."""
+    return int.from_bytes(hashlib.sha256(f"{seed}\0{relpath}".encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def prepare_hr(rgb: np.ndarray, crop: int, scale: int = SCALE) -> np.ndarray:
+    """Centre-crop to `crop` (if set) and then to a multiple of `scale` on both sides."""
+    h, w = rgb.shape[:2]
+    if crop:
+        if min(h, w) < crop:
+            raise images.ImageError(f"{w}x{h} is smaller than the evaluation crop {crop}: lower --crop")
+        top, left = (h - crop) // 2, (w - crop) // 2
+        rgb = rgb[top:top + crop, left:left + crop]
+        h = w = crop
+    h4, w4 = h - h % scale, w - w % scale
+    if h4 < scale * 4 or w4 < scale * 4:
+        raise images.ImageError(f"{w}x{h} is too small to evaluate at x{scale}")
+    top, left = (h - h4) // 2, (w - w4) // 2
+    return np.ascontiguousarray(rgb[top:top + h4, left:left + w4])
+
+
+def degrade_one(hr: np.ndarray, seed: int) -> tuple[np.ndarray, dict]:
+    """The seeded Real-ESRGAN degradation of one HR image -> (LR uint8, recorded parameters)."""
+    from rasr.degrade import degrade
+
+    x = torch.from_numpy(hr).permute(2, 0, 1).float().div(255)[None]
+    lr, params = degrade(x, [seed])
+    return lr[0].mul(255).round().byte().permute(1, 2, 0).numpy(), params[0]
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    return images.encode_image(rgb, "png")
+
+
+class EvalWorker:
+    """Loads every method once; `process` evaluates a list of HR inputs."""
+
+    def __init__(self, cfg: EvalConfig):
+        from rasr.generators import Restorer, load_generator
+
+        for mode in cfg.ref_modes:
+            if mode not in REF_MODES:
+                raise ValueError(f"unknown reference mode {mode!r}: choose from {', '.join(REF_MODES)}")
+        self.cfg = cfg
+        self.restorers = {}
+        for m in dict.fromkeys(cfg.methods + ([cfg.table5_method] if cfg.table5_method else [])):
+            g = load_generator(m, weights=cfg.weights.get(m), device=cfg.device, dtype=cfg.dtype,
+                               **(cfg.generator_options if m in ("osediff", "refdsr") else {}))
+            self.restorers[m] = Restorer(g, tile=cfg.tile, overlap=cfg.overlap, color_fix=cfg.color_fix,
+                                         batch_size=1)
+        self.suite = MetricSuite([n for n in cfg.metrics], device=cfg.device, crop_border=cfg.crop_border)
+        small = [n for n in cfg.metrics if n != "niqe"]
+        self.suite_small = MetricSuite(small, device=cfg.device, crop_border=cfg.crop_border)
+        self.galleries, self.encoders = self._open_galleries()
+        self._ids = None
+        self._refs: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def _open_galleries(self):
+        """Primary gallery (first table) plus one per extra encoder: {encoder: Gallery}, {encoder: Encoder}."""
+        galleries, encoders = {}, {}
+        if not self.cfg.db:
+            return galleries, encoders
+        from rasr.encoders import load_encoder
+        from rasr.gallery import Gallery
+
+        primary = Gallery.open(self.cfg.db, self.cfg.table)
+        galleries[primary.encoder] = primary
+        base = primary.name.rsplit("__", 1)[0]
+        for enc in self.cfg.encoders:
+            if enc not in galleries:
+                galleries[enc] = Gallery.open(self.cfg.db, base, encoder=enc)
+        for enc in galleries:
+            encoders[enc] = load_encoder(enc, device=self.cfg.device)
+        return galleries, encoders
+
+    @property
+    def primary(self):
+        return next(iter(self.galleries.values())) if self.galleries else None
+
+    def _reference(self, uri: str) -> np.ndarray:
+        if uri not in self._refs:
+            self._refs[uri] = images.decode_image(storage.read_bytes(uri), max_pixels=1 << 62).rgb
+            while len(self._refs) > 32:
+                self._refs.popitem(last=False)
+        return self._refs[uri]
+
+    def _random_ref(self, seed: int, exclude: str) -> dict | None:
+        ids, uris, cats, _ = self.primary._load_matrix()
+        choices = [i for i in range(len(ids)) if ids[i] != exclude]
+        if not choices:
+            return None
+        j = choices[np.random.default_rng(seed).integers(len(choices))]
+        return {"ref_id": ids[j], "ref_uri": uris[j], "ref_category": cats[j], "ref_similarity": None}
+
+    def _references(self, relpath: str, lr: np.ndarray, hr_sha: str, seed: int, category: str):
+        """{mode: ref dict or None} and retrieval rows (top-1 per encoder, plus the random baseline)."""
+        refs: dict[str, dict | None] = {"none": None}
+        retrieval = []
+        for enc_name, g in self.galleries.items():
+            vec = self.encoders[enc_name].encode([lr])
+            hits = g.search(vec, k=1, exclude_ids=[hr_sha])[0]
+            hit = hits[0] if hits else None
+            retrieval.append({"relpath": relpath, "category": category, "encoder": enc_name,
+                              "top1_uri": hit.uri if hit else None, "top1_category": hit.category if hit else None,
+                              "similarity": hit.similarity if hit else None,
+                              "match": bool(hit and hit.category == category)})
+            ref = None if hit is None else {"ref_id": hit.id, "ref_uri": hit.uri, "ref_category": hit.category,
+                                            "ref_similarity": hit.similarity}
+            refs["retrieved" if g is self.primary else f"retrieved:{enc_name}"] = ref
+        if self.galleries:
+            rnd = self._random_ref(seed, hr_sha)
+            refs["random"] = rnd
+            if rnd:
+                retrieval.append({"relpath": relpath, "category": category, "encoder": "random",
+                                  "top1_uri": rnd["ref_uri"], "top1_category": rnd["ref_category"],
+                                  "similarity": None, "match": rnd["ref_category"] == category})
+        if relpath in self.cfg.pairs:
+            uri = self.cfg.pairs[relpath]
+            refs["given"] = {"ref_id": None, "ref_uri": uri, "ref_category": None, "ref_similarity": None}
+        return refs, retrieval
+
+    def _runs(self) -> list[tuple[str, str]]:
+        """(method, reference mode) pairs to evaluate."""
+        runs = []
+        for m in self.cfg.methods:
+            if self.restorers[m].g.uses_reference:
+                runs += [(m, mode) for mode in self.cfg.ref_modes]
+            else:
+                runs.append((m, "none"))
+        if self.cfg.table5_method:
+            runs += [(self.cfg.table5_method, f"retrieved:{e}") for e in self.galleries if e != self.primary.encoder]
+            runs += [(self.cfg.table5_method, mode) for mode in ("retrieved", "random")
+                     if (self.cfg.table5_method, mode) not in runs]
+        return runs
+
+    def process(self, items: list[Item], out: str, shard_id: str, run_id: str) -> dict[str, list[dict]]:
+        """Evaluate `items` (HR files); returns {"manifest": per-image rows, "retrieval": rows}."""
+        rows, retrieval = [], []
+        for item in items:
+            r, ret = self._one(item, out, shard_id, run_id)
+            rows += r
+            retrieval += ret
+        for r in retrieval:
+            r["run_id"] = run_id
+        return {"manifest": rows, RETRIEVAL_DIR: retrieval}
+
+    def _base_row(self, item: Item, shard_id: str, run_id: str) -> dict:
+        row = {f.name: None for f in EVAL_SCHEMA}
+        row.update(relpath=item.relpath, source_uri=item.uri, category=item.relpath.split("/")[0]
+                   if "/" in item.relpath else "", shard_id=shard_id, run_id=run_id)
+        return row
+
+    def _one(self, item: Item, out: str, shard_id: str, run_id: str) -> tuple[list[dict], list[dict]]:
+        base = self._base_row(item, shard_id, run_id)
+        seed = image_seed(self.cfg.seed, item.relpath)
+        base["seed"] = seed
+        try:
+            data = storage.read_bytes(item.uri)
+            hr = prepare_hr(images.decode_image(data, max_pixels=self.cfg.max_pixels).rgb, self.cfg.crop)
+            if item.relpath in self.cfg.lr_files:
+                lr = images.decode_image(storage.read_bytes(self.cfg.lr_files[item.relpath])).rgb
+                if (lr.shape[0] * SCALE, lr.shape[1] * SCALE) != hr.shape[:2]:
+                    raise images.ImageError(f"LR file is {lr.shape[1]}x{lr.shape[0]}, HR (cropped) is "
+                                            f"{hr.shape[1]}x{hr.shape[0]}: expected exactly x{SCALE}")
+                base["degradation"] = json.dumps({"lr_file": self.cfg.lr_files[item.relpath]})
+            else:
+                lr, params = degrade_one(hr, seed)
+                base["degradation"] = json.dumps(params, sort_keys=True)
+        except Exception as e:  # noqa: BLE001 - a bad test image is a row with the reason
+            base.update(method="-", ref_mode="-", status="error", error=storage.redact(str(e)),
+                        processed_at=dt.datetime.now(dt.timezone.utc))
+            return [base], []
+        base.update(width=hr.shape[1], height=hr.shape[0])
+        rel = storage.safe_relpath(item.relpath)
+        if self.cfg.save_images:
+            base["gt_uri"] = storage.join(out, "images", "gt", rel + ".png")
+            base["lr_uri"] = storage.join(out, "images", "lr", rel + ".png")
+            storage.write_bytes(base["gt_uri"], _png(hr))
+            storage.write_bytes(base["lr_uri"], _png(lr))
+        refs, retrieval = self._references(item.relpath, lr, hashlib.sha256(data).hexdigest(), seed,
+                                           base["category"])
+        rows = []
+        suite = self.suite if min(hr.shape[:2]) >= NIQE_MIN_SIZE else self.suite_small
+        for method, mode in self._runs():
+            row = {**base, "method": method, "ref_mode": mode}
+            restorer = self.restorers[method]
+            row["weights_id"] = restorer.g.weights_id
+            if mode not in refs:
+                row.update(status="error", error=f"no reference for mode {mode!r}"
+                           + (" (not in the pairs CSV)" if mode == "given" else " (no gallery: pass --db)"))
+            else:
+                ref = refs[mode]
+                if ref:
+                    row.update(ref)
+                try:
+                    t0 = time.perf_counter()
+                    ref_img = self._reference(ref["ref_uri"]) if ref and restorer.g.uses_reference else None
+                    prompt = (ref.get("ref_category") or "") if ref else ""
+                    sr = restorer.restore([lr], [ref_img], [prompt])[0]
+                    t1 = time.perf_counter()
+                    row.update(suite.score(sr, hr))
+                    row.update(restore_ms=(t1 - t0) * 1e3, metrics_ms=(time.perf_counter() - t1) * 1e3,
+                               status="ok")
+                    if self.cfg.save_images:
+                        row["sr_uri"] = storage.join(out, "images", method, mode.replace(":", "-"), rel + ".png")
+                        storage.write_bytes(row["sr_uri"], _png(sr))
+                except Exception as e:  # noqa: BLE001
+                    row.update(status="error", error=f"{e.__class__.__name__}: {storage.redact(str(e))}")
+            row["processed_at"] = dt.datetime.now(dt.timezone.utc)
+            rows.append(row)
+        return rows, retrieval
