@@ -113,6 +113,8 @@ def _check(cfg: EnhanceConfig, input: str, output: str) -> None:
         raise ValueError(f"unknown colour fix {cfg.color_fix!r}: choose one of {', '.join(COLOR_FIXES)}")
     if cfg.output_format not in images.OUTPUT_FORMATS:
         raise ValueError(f"unknown output format {cfg.output_format!r}: choose one of {', '.join(images.OUTPUT_FORMATS)}")
+    if cfg.generator == "refdsr" and not cfg.db:
+        raise ValueError("generator 'refdsr' restores with references: pass --db GALLERY_DB (index one with `rasr index`)")
     if cfg.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {cfg.top_k}")
     norm = (lambda u: u.rstrip("/") + "/") if storage.is_remote(input) else (lambda u: os.path.abspath(u) + os.sep)

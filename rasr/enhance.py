@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import socket
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
@@ -91,18 +92,18 @@ class EnhanceWorker:
 
             self.gallery = Gallery.open(cfg.db, cfg.table)
             self.encoder = load_encoder(self.gallery.encoder, weights=cfg.encoder_weights, device=cfg.device)
+        options = dict(cfg.generator_options)
+        if cfg.generator in ("osediff", "refdsr"):
+            options.setdefault("tagger", "null" if cfg.tagger == "none" else cfg.tagger)
         self.generator = load_generator(cfg.generator, weights=cfg.generator_weights, device=cfg.device,
-                                        dtype=cfg.dtype, **cfg.generator_options)
+                                        dtype=cfg.dtype, **options)
         if self.generator.uses_reference and self.gallery is None:
             raise ValueError(f"generator {cfg.generator!r} uses references: pass --db GALLERY_DB")
         self.restorer = Restorer(self.generator, tile=cfg.tile, overlap=cfg.overlap, color_fix=cfg.color_fix,
                                  batch_size=cfg.batch_size)
-        self._tagger = None
-        if getattr(self.generator, "uses_prompt", False):
-            from rasr.tagger import load_tagger
-
-            self._tagger = load_tagger(cfg.tagger)
+        self._tagger = getattr(self.generator, "tagger", None)  # text-conditioned generators carry one
         self._refs: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
 
     # ---- helpers -------------------------------------------------------------------------------
     def _reference(self, uri: str) -> np.ndarray:
@@ -124,7 +125,7 @@ class EnhanceWorker:
         row = empty_row()
         row.update(source_uri=item.uri, relpath=item.relpath, generator=self.generator.name,
                    weights_id=self.generator.weights_id, config_hash=self.cfg_hash, shard_id=shard_id,
-                   run_id=run_id, encoder=self.encoder.id if self.encoder else None,
+                   run_id=run_id, encoder=self.encoder.id if self.encoder else None, worker=self.worker_id,
                    fusion_scale=self.generator.info().get("fusion_scale"))
         return row
 
@@ -184,7 +185,7 @@ class EnhanceWorker:
         from rasr.tagger import build_prompt
 
         ref_category = row["ref_categories"][0] if row["ref_used"] else None
-        lr_tags = self._tagger.tags([dec.rgb])[0]
+        lr_tags = self._tagger.tags([dec.rgb], categories=[None])[0]
         ref_tags = self._tagger.tags([ref], categories=[ref_category])[0] if ref is not None else ""
         row["tagger"] = self._tagger.name
         return build_prompt(lr_tags, ref_tags)

@@ -41,6 +41,7 @@ SCHEMA = pa.schema([
     pa.field("alpha", pa.bool_()),               # the input had an alpha channel, kept in the output
     pa.field("shard_id", pa.string()),
     pa.field("run_id", pa.string()),
+    pa.field("worker", pa.string()),              # host:pid of the model worker that produced the row
     pa.field("processed_at", pa.timestamp("us", tz="UTC")),
 ])
 

@@ -114,3 +114,20 @@ def tree_snapshot(root: str) -> dict[str, tuple[int, int, str]]:
             snap[os.path.relpath(p, root)] = (st.st_size, st.st_mtime_ns,
                                               hashlib.sha256(open(p, "rb").read()).hexdigest())
     return snap
+
+
+@pytest.fixture(scope="session")
+def tiny_diffusion(tmp_path_factory) -> dict[str, str]:
+    """Tiny SD-2.1-layout folder + OSEDiff pkl + a (perturbed) RefDSR branch, saved where users keep them."""
+    from rasr.generators.refdsr import RefDSR, build_model
+    from tests.tiny_sd import build_tiny, make_fake_osediff_pkl, perturb_branch, save_tiny
+
+    root = tmp_path_factory.mktemp("tiny-sd")
+    comps = build_tiny(seed=0)
+    base = save_tiny(comps, str(root / "sd-2-1-base"))
+    pkl = make_fake_osediff_pkl(comps.unet, comps.vae, str(root / "osediff.pkl"))
+    model, _ = build_model("refdsr", base, pkl, new_branch=True)
+    assert isinstance(model, RefDSR)
+    perturb_branch(model)
+    branch = model.save_branch(str(root / "refdsr-branch"))
+    return {"base": base, "osediff": pkl, "branch": branch}
