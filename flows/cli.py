@@ -310,5 +310,89 @@ def metrics_cmd(pred_dir, gt_dir, out, metric_names, crop_border, as_json) -> No
     sys.exit(EXIT_PARTIAL if res["failed"] else 0)
 
 
+@main.group()
+def dataset() -> None:
+    """Training data for RefDSR (RASR-Flickr30 layout)."""
+
+
+@dataset.command("build")
+@click.argument("src")
+@click.argument("out")
+@click.option("--train", type=int, default=40, show_default=True, help="Training images per category.")
+@click.option("--test", type=int, default=5, show_default=True, help="Test images per category (the rest: reference DB).")
+@click.option("--crop", type=int, default=768, show_default=True, help="HR crop size of train/test images.")
+@click.option("--top-k", type=int, default=5, show_default=True, help="References kept per training image.")
+@click.option("--self-pairs", type=int, default=0, show_default=True,
+              help="Self-reference pairs (two random crops of one image, LSDIR recipe) per training image.")
+@click.option("--self-crop", type=int, default=512, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--encoder", default="efficientnet-lite0", show_default=True, help="Encoder ranking the references.")
+@click.option("--ray-address", default=None, envvar="RAY_ADDRESS")
+def dataset_build(src, out, train, test, crop, top_k, self_pairs, self_crop, seed, encoder, ray_address) -> None:
+    """Split SRC (category sub-folders) into train/test/reference, crop, and rank references, into OUT."""
+    from flows.dataset import build_dataset
+
+    try:
+        s = build_dataset(src, out, train=train, test=test, crop=crop, top_k=top_k, seed=seed,
+                          self_pairs_per_image=self_pairs, self_crop=self_crop, encoder=encoder,
+                          ray_address=ray_address, show_progress=True)
+    except Exception as e:  # noqa: BLE001
+        _fail(e)
+    for err in s.get("errors", []):
+        click.echo(f"  skipped {err['uri']}: {err['error']}", err=True)
+    _print_summary("dataset summary" + ("" if s["rebuilt"] else " (up to date, nothing done)"), s,
+                   ["categories", "train", "self_pairs", "test", "reference", "skipped", "out"])
+
+
+@main.command()
+@click.argument("dataset_dir")
+@click.argument("out")
+@click.option("--sd-base", default=None, envvar="RASR_SD_BASE", help="SD-2.1-base: folder, s3:// or hub id.")
+@click.option("--osediff-weights", default=None, envvar="RASR_OSEDIFF_WEIGHTS", help="OSEDiff LoRA (osediff.pkl).")
+@click.option("--init-branch", default=None, help="Start from a saved reference branch instead of zeros.")
+@click.option("--steps", type=int, default=1000, show_default=True)
+@click.option("--batch-size", type=int, default=4, show_default=True, help="Per worker and micro-batch.")
+@click.option("--grad-accum", type=int, default=1, show_default=True, help="Micro-batches per optimiser step.")
+@click.option("--lr", type=float, default=5e-5, show_default=True, help="AdamW learning rate.")
+@click.option("--crop", type=int, default=512, show_default=True, help="HR training crop (multiple of 64).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--checkpoint-every", type=int, default=100, show_default=True)
+@click.option("--loss", "loss_specs", multiple=True, metavar="NAME=WEIGHT",
+              help="Loss weights, e.g. --loss lpips=2 --loss gan=0 (defaults mse=1 lpips=2 gram=1e-3 gan=0.1).")
+@click.option("--vgg-weights", default=None, help="torchvision vgg16 .pth for the Gram loss.")
+@click.option("--dino-weights", default=None, help="DINOv2 (folder or hub id) for the GAN discriminator.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: one process; ray: data parallel on Ray Train (TorchTrainer).")
+@click.option("--workers", type=int, default=1, show_default=True, help="Ray Train workers (one per GPU).")
+@click.option("--gpu/--no-gpu", "use_gpu", default=False, show_default=True, help="One GPU per Ray Train worker.")
+@click.option("--ray-address", default=None, envvar="RAY_ADDRESS")
+def train(dataset_dir, out, sd_base, osediff_weights, init_branch, steps, batch_size, grad_accum, lr, crop, precision,
+          checkpoint_every, loss_specs, vgg_weights, dino_weights, seed, engine, workers, use_gpu, ray_address) -> None:
+    """Train RefDSR's reference branch on DATASET_DIR; checkpoints under OUT (rerun to resume).
+
+    The final branch loads with `rasr enhance --generator refdsr --refdsr-weights OUT/checkpoints/step-N/branch`."""
+    from flows.train import train_refdsr
+
+    weights = {}
+    for spec in loss_specs:
+        name, _, value = spec.partition("=")
+        if name not in ("mse", "lpips", "gram", "gan") or not value:
+            raise click.BadParameter(f"{spec!r}: expected mse|lpips|gram|gan=WEIGHT", param_hint="--loss")
+        weights[name] = float(value)
+    try:
+        s = train_refdsr(dataset_dir, out, sd_base=sd_base, osediff_weights=osediff_weights, init_branch=init_branch,
+                         steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, crop=crop,
+                         precision=precision, seed=seed, checkpoint_every=checkpoint_every, loss_weights=weights,
+                         vgg_weights=vgg_weights, dino_weights=dino_weights, engine=engine, workers=workers,
+                         use_gpu=use_gpu, ray_address=ray_address)
+    except Exception as e:  # noqa: BLE001
+        _fail(e)
+    if s.get("losses"):
+        for name, st in s["losses"]["status"].items():
+            click.echo(f"  loss {name}: {st}")
+    _print_summary("training summary", s, ["step", "resumed_from", "final_loss", "seconds", "branch"])
+
+
 if __name__ == "__main__":
     main()

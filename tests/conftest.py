@@ -90,7 +90,7 @@ def prefect_harness():
         yield prefect.settings.PREFECT_API_URL.value()  # subprocesses reuse it instead of starting their own
 
 
-@pytest.fixture()
+@pytest.fixture(scope="session")
 def flows_env(prefect_harness, ray_session):
     """Everything an in-process flow run needs."""
     yield
@@ -131,3 +131,17 @@ def tiny_diffusion(tmp_path_factory) -> dict[str, str]:
     perturb_branch(model)
     branch = model.save_branch(str(root / "refdsr-branch"))
     return {"base": base, "osediff": pkl, "branch": branch}
+
+
+@pytest.fixture(scope="session")
+def niqe_prior():
+    """NIQE's prior in the session cache: copied from the user cache that setup filled, else fetched."""
+    import shutil
+    from pathlib import Path
+
+    from rasr import niqe_prior as prior
+
+    user = Path(os.path.expanduser("~")) / ".cache" / "rasr" / "niqe"
+    if prior.cached_prior() is None and user.is_dir():
+        shutil.copytree(user, prior.prior_dir(), dirs_exist_ok=True)
+    return prior.fetch_niqe_prior()

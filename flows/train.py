@@ -1,0 +1,109 @@
+"""Flow `train_refdsr`: train the reference branch, locally or data-parallel on Ray Train.
+
+engine="local": one process (CPU or one GPU). engine="ray": Ray Train's TorchTrainer runs `workers`
+copies (one per GPU with use_gpu), wraps the branch in DistributedDataParallel, and each worker
+draws its own samples (rank-seeded); rank 0 writes the checkpoints. Both resume from
+<out>/checkpoints/latest.json.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict
+
+from flows import _env  # noqa: F401  (telemetry off before Prefect loads)
+from prefect import flow, get_run_logger
+
+from flows._common import publish_summary
+from rasr import storage
+from rasr.train import TrainConfig, Trainer, latest_checkpoint
+from tasks.runtime import init_ray
+
+
+def _ray_worker_loop(config: dict) -> None:
+    """Runs in each Ray Train worker: DDP around the branch, rank-sharded batches."""
+    import ray.train
+    import torch
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    t = Trainer(TrainConfig(**config), device=str(device), rank=rank, world=world)
+    t.resume()
+    ids = [device.index] if device.type == "cuda" else None
+    t.model.controlnet = DDP(t.model.controlnet, device_ids=ids)  # all-reduces the branch's gradients
+    unwrap = t.model.controlnet.module
+
+    def report(step, parts):
+        ray.train.report({"step": step, **parts})
+
+    # checkpoints need the plain module's names
+    save = t.save
+
+    def save_unwrapped():
+        t.model.controlnet = unwrap
+        try:
+            return save()
+        finally:
+            t.model.controlnet = DDP(unwrap, device_ids=ids) if torch.distributed.is_initialized() else unwrap
+
+    t.save = save_unwrapped
+    t.run(on_step=report)
+
+
+@flow(name="train-refdsr")
+def train_refdsr(dataset: str, out: str, sd_base: str | None = None, osediff_weights: str | None = None,
+                 init_branch: str | None = None, steps: int = 1000, batch_size: int = 4, grad_accum: int = 1,
+                 lr: float = 5e-5, crop: int = 512, precision: str = "fp32", seed: int = 0,
+                 checkpoint_every: int = 100, fusion_scale: float = 1.0, loss_weights: dict | None = None,
+                 vgg_weights: str | None = None, dino_weights: str | None = None, fixed_batch: bool = False,
+                 engine: str = "local", workers: int = 1, use_gpu: bool = False, cpus_per_worker: float = 1.0,
+                 ray_address: str | None = None, device: str | None = None) -> dict:
+    """Train RefDSR's reference branch on DATASET; checkpoints (resumable) under OUT."""
+    log = get_run_logger()
+    t0 = time.perf_counter()
+    w = {"mse": 1.0, "lpips": 2.0, "gram": 1e-3, "gan": 0.1, **(loss_weights or {})}
+    cfg = TrainConfig(dataset=dataset, out=out, sd_base=sd_base, osediff_weights=osediff_weights,
+                      init_branch=init_branch, steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
+                      crop=crop, precision=precision, seed=seed, checkpoint_every=checkpoint_every,
+                      fusion_scale=fusion_scale, vgg_weights=vgg_weights, dino_weights=dino_weights,
+                      fixed_batch=fixed_batch, **w)
+    before = latest_checkpoint(out)
+    if before and before["step"] >= steps:
+        log.info(f"already trained to step {before['step']}: nothing to do")
+        return {"out": storage.redact(out), "step": before["step"], "branch": before["branch"], "resumed_from": before["step"],
+                "history": [], "losses": None}
+    if engine == "local":
+        t = Trainer(cfg, device=device)
+        t.resume()
+        start = t.step
+        history = t.run()
+        losses = t.loss.config()
+    elif engine == "ray":
+        from ray.train import RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+
+        init_ray(ray_address)
+        resources = {"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+        trainer = TorchTrainer(_ray_worker_loop, train_loop_config=asdict(cfg),
+                               scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                                            resources_per_worker=resources),
+                               run_config=RunConfig(name=f"rasr-train-{os.getpid()}",
+                                                    storage_path=os.environ.get("RASR_RAY_TRAIN_DIR",
+                                                                                os.path.abspath(".ray-train"))))
+        trainer.fit()
+        start = before["step"] if before else 0
+        state = storage.read_json(storage.join(latest_checkpoint(out)["dir"], "state.json"))
+        history, losses = state["history"][start:], state["losses"]
+    else:
+        raise ValueError(f"unknown engine {engine!r}: choose local or ray")
+    rec = latest_checkpoint(out)
+    summary = {"out": storage.redact(out), "engine": engine, "workers": workers, "resumed_from": start,
+               "step": rec["step"], "branch": storage.redact(rec["branch"]),
+               "final_loss": history[-1]["total"] if history else None,
+               "seconds": round(time.perf_counter() - t0, 2)}
+    publish_summary("train-summary", {**summary, **{f"loss_{k}": v for k, v in (losses or {}).get("status", {}).items()}},
+                    title=f"Training to step {rec['step']}")
+    return {**summary, "branch": rec["branch"], "history": history, "losses": losses}

@@ -1,0 +1,192 @@
+"""Flow `evaluate`: the paper's tables on a test set, per-image Parquet, the HTML report; `rasr metrics`."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from flows.evaluate import evaluate, score_folder
+from flows.index import index_gallery
+from rasr import catalog, manifest
+from rasr.evaluate import EVAL_SCHEMA, prepare_hr
+from rasr.samples import as_rgb, load_photo
+
+TEST_SET = {"animals": ["chelsea"], "food": ["coffee"], "people": ["astronaut"], "machines": ["rocket"]}
+
+
+@pytest.fixture(scope="module")
+def hr_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hr")
+    for cat, names in TEST_SET.items():
+        (root / cat).mkdir()
+        for n in names:
+            Image.fromarray(as_rgb(load_photo(n))).save(root / cat / f"{n}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory, sample_dirs, prefect_harness, ray_session):
+    path = str(tmp_path_factory.mktemp("db") / "refs.lance")
+    index_gallery(sample_dirs["gallery"], path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def result(flows_env, hr_set, db, tiny_diffusion, niqe_prior, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    pairs = out / "pairs.csv"
+    with open(pairs, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "ref"])
+        w.writerow(["chelsea.png", str(hr_set / "food" / "coffee.png")])
+    res = evaluate(str(hr_set), str(out / "run"), methods=["bicubic", "realesrgan", "refdsr"],
+                   ref_modes=["retrieved", "random", "none", "given"], db=db, pairs=str(pairs),
+                   encoders=["dinov2", "efficientnet-lite0"], crop=128, shard_size=2,
+                   metric_names=["psnr", "ssim", "lpips", "niqe"],
+                   weights={"refdsr": tiny_diffusion["base"]},
+                   generator_options={"osediff_weights": tiny_diffusion["osediff"],
+                                      "refdsr_weights": tiny_diffusion["branch"]})
+    return res, out / "run"
+
+
+def test_per_image_parquet(result):
+    res, out = result
+    rows = manifest.read_table(str(out), catalog.MANIFEST_DIR, EVAL_SCHEMA).to_pandas()
+    runs = {("bicubic", "none"), ("realesrgan", "none"), ("refdsr", "retrieved"), ("refdsr", "random"),
+            ("refdsr", "none"), ("refdsr", "given")}
+    assert set(zip(rows["method"], rows["ref_mode"])) == runs
+    ok = rows[rows["status"] == "ok"]
+    assert len(ok) == 4 * 5 + 1  # 'given' exists for chelsea only
+    errors = rows[rows["status"] == "error"]
+    assert set(errors["ref_mode"]) == {"given"} and errors["error"].str.contains("pairs CSV").all()
+    assert ok["psnr"].between(10, 60).all() and ok["ssim"].between(0, 1).all()
+    assert ok["lpips"].isna().all()  # unavailable here: None, never a made-up number
+    assert ok["niqe"].notna().all()  # the prior is fetched by setup (python -m rasr.niqe_prior)
+    assert (ok["width"] == 128).all() and ok["restore_ms"].gt(0).all()
+    given = ok[ok["ref_mode"] == "given"].iloc[0]
+    assert given["relpath"] == "animals/chelsea.png" and given["ref_uri"].endswith("coffee.png")
+    ret = ok[ok["ref_mode"] == "retrieved"]
+    assert ret["ref_similarity"].notna().all() and (ret["ref_uri"] != ret["source_uri"]).all()
+    d = json.loads(ok.iloc[0]["degradation"])
+    assert {"blur1", "resize1", "noise1", "jpeg1", "final"} <= set(d)
+    for uri in ok["sr_uri"]:
+        assert Image.open(uri).size == (128, 128)
+
+
+def test_table1_layout_and_unavailable_metrics(result):
+    res, out = result
+    t1 = res["table1"]
+    lines = t1.splitlines()
+    assert lines[0].startswith("| Method | Images | PSNR↑ | SSIM↑ | LPIPS↓ | FID↓ | NIQE↓")
+    assert any(line.startswith("| bicubic *(baseline)*") for line in lines)
+    real = next(line for line in lines if line.startswith("| realesrgan"))
+    assert "(+" in real or "(-" in real  # delta against the baseline
+    assert "unavailable" in real
+    avail = lines[-1]
+    assert "unavailable: " in avail and "alexnet-owt-7be5be79.pth" in avail  # the reason, in the table
+    assert (out / "table1.md").read_text().strip() == t1.strip()
+    summary = pd.read_parquet(out / "summary.parquet")
+    assert set(summary["method"]) == {"bicubic", "realesrgan", "refdsr"}
+
+
+def test_table5_retrieval_encoders(result):
+    res, out = result
+    t5 = res["table5"]
+    row = {line.split("|")[1].strip(): line for line in t5.splitlines()[2:]}
+    assert set(row) == {"random", "vgg16", "clip", "dinov2", "efficientnet-lite0"}
+    assert "unavailable" in row["dinov2"] and "not requested" in row["vgg16"]
+    assert "%" in row["efficientnet-lite0"] and "%" in row["random"]
+    retrieval = manifest.read_table(str(out), "retrieval", __import__("rasr.evaluate", fromlist=["x"]).RETRIEVAL_SCHEMA)
+    assert set(retrieval.column("encoder").to_pylist()) == {"efficientnet-lite0", "random"}
+
+
+def test_html_report_is_self_contained(result):
+    res, out = result
+    html = (out / "report.html").read_text()
+    assert html.count("<img") >= 10 and "data:image/png;base64," in html
+    assert "http://" not in html and "https://" not in html.replace("https://download", "").replace("https://huggingface", "")
+    for label in ("LR (x4 nearest)", "GT", "bicubic", "realesrgan", "refdsr (retrieved)", "reference"):
+        assert label in html
+    assert "metric distributions" in html
+
+
+def test_report_renders_in_headless_chromium(result, tmp_path):
+    res, out = result
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "headless Chromium is needed for this check: apt-get install chromium (.ci/run does)"
+    shot = tmp_path / "report.png"
+    args = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'u'}",
+            "--window-size=1400,3000", f"--screenshot={shot}", (out / "report.html").as_uri()]
+    subprocess.run(args, capture_output=True, timeout=120)
+    img = np.asarray(Image.open(shot).convert("L"))
+    assert img.shape == (3000, 1400)
+    assert img.std() > 20  # not a blank page: tables, crops and plots were drawn
+    dom = subprocess.run([*args[:-2], "--dump-dom", (out / "report.html").as_uri()], capture_output=True,
+                         text=True, timeout=120).stdout
+    assert dom.count("<img") == (out / "report.html").read_text().count("<img")
+
+
+def test_rerun_does_no_work(result, flows_env, hr_set, db, tiny_diffusion):
+    res, out = result
+    pairs = out.parent / "pairs.csv"
+    again = evaluate(str(hr_set), str(out), methods=["bicubic", "realesrgan", "refdsr"],
+                     ref_modes=["retrieved", "random", "none", "given"], db=db, pairs=str(pairs),
+                     encoders=["dinov2", "efficientnet-lite0"], crop=128, shard_size=2,
+                     metric_names=["psnr", "ssim", "lpips", "niqe"], weights={"refdsr": tiny_diffusion["base"]},
+                     generator_options={"osediff_weights": tiny_diffusion["osediff"],
+                                        "refdsr_weights": tiny_diffusion["branch"]})
+    assert again["evaluated"] == 0 and again["already_done"] == 4
+    assert again["table1"] == res["table1"]
+
+
+def test_realesrgan_vs_bicubic_matches_common_knowledge(flows_env, niqe_prior, tmp_path):
+    """On clean x4 bicubic LR inputs (given with --lr-dir): Real-ESRGAN has lower PSNR and better NIQE."""
+    hr, lr = tmp_path / "hr", tmp_path / "lr"
+    for n in ("chelsea", "coffee", "astronaut", "rocket"):
+        img = prepare_hr(as_rgb(load_photo(n)), 192)
+        for folder, pic in ((hr, img), (lr, np.asarray(Image.fromarray(img).resize((48, 48), Image.BICUBIC)))):
+            (folder / "photos").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pic).save(folder / "photos" / f"{n}.png")
+    res = evaluate(str(hr), str(tmp_path / "out"), methods=["bicubic", "realesrgan"], ref_modes=["none"],
+                   lr_dir=str(lr), metric_names=["psnr", "ssim", "niqe"], shard_size=4)
+    summary = {r["method"]: r for r in res["summary"]}
+    assert summary["realesrgan"]["psnr"] < summary["bicubic"]["psnr"]
+    assert summary["realesrgan"]["niqe"] < summary["bicubic"]["niqe"]
+    rows = manifest.read_table(str(tmp_path / "out"), catalog.MANIFEST_DIR, EVAL_SCHEMA).to_pandas()
+    assert rows["degradation"].str.contains("lr_file").all()  # the given LR files were used, not degraded
+
+
+def test_prepare_hr_crops_to_the_scale():
+    img = np.zeros((301, 203, 3), np.uint8)
+    assert prepare_hr(img, 0).shape == (300, 200, 3)
+    assert prepare_hr(img, 128).shape == (128, 128, 3)
+
+
+def test_metrics_cli_json(tmp_path, prefect_harness, niqe_prior):
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir()
+    gt.mkdir()
+    for n in ("chelsea", "coffee"):
+        hr = as_rgb(load_photo(n))[:128, :128]
+        Image.fromarray(hr).save(gt / f"{n}.png")
+        blurry = Image.fromarray(hr).resize((32, 32), Image.BICUBIC).resize((128, 128), Image.BICUBIC)
+        blurry.save(pred / f"{n}.jpg", quality=95)  # another tool's output: other extension, same name
+    env = {**os.environ, "PREFECT_API_URL": prefect_harness}
+    r = subprocess.run([sys.executable, "-m", "flows.cli", "metrics", str(pred), str(gt), "--json",
+                        "--out", str(tmp_path / "m")], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    means = json.loads(r.stdout)
+    assert set(means) == {"psnr", "ssim", "lpips", "dists", "niqe", "musiq", "clipiqa", "fid"}
+    assert 15 < means["psnr"] < 40 and 0 < means["ssim"] < 1 and means["niqe"] > 0
+    assert means["lpips"] is None and means["fid"] is None
+    assert (tmp_path / "m" / "metrics.parquet").exists() and (tmp_path / "m" / "metrics.md").exists()
+    res = score_folder(str(pred), str(gt), metric_names=["psnr"])
+    assert res["pairs"] == 2 and res["means"]["psnr"] == pytest.approx(means["psnr"], abs=1e-6)
