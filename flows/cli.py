@@ -106,10 +106,12 @@ def sample(dest: str) -> None:
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Images per encoder call.")
 @click.option("--max-pixels", type=int, default=None, help="Skip gallery images larger than this many pixels.")
 @click.option("--no-compact", is_flag=True, help="Skip compaction of old table versions after writing.")
+@click.option("--keep-versions-minutes", type=float, default=10.0, show_default=True,
+              help="Table versions younger than this survive compaction (running searches may hold them).")
 @worker_options
 @click.pass_context
 def index(ctx, gallery, db, encoder, encoder_weights, table, shard_size, batch_size, max_pixels, no_compact,
-          workers, gpus_per_worker, worker_resources, ray_address) -> None:
+          keep_versions_minutes, workers, gpus_per_worker, worker_resources, ray_address) -> None:
     """Embed a reference GALLERY (folder or s3:// prefix; category = sub-folder) into a LanceDB table.
 
     Incremental: only new or changed files are embedded; rows of deleted files are removed."""
@@ -121,13 +123,14 @@ def index(ctx, gallery, db, encoder, encoder_weights, table, shard_size, batch_s
                                 shard_size=shard_size, batch_size=batch_size, workers=workers,
                                 gpus_per_worker=gpus_per_worker, worker_resources=_resources(worker_resources),
                                 ray_address=ray_address, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
-                                compact=not no_compact, show_progress=True)
+                                compact=not no_compact, keep_versions_minutes=keep_versions_minutes,
+                                show_progress=True)
     except Exception as e:  # noqa: BLE001
         _fail(e)
     for err in summary["errors"]:
         click.echo(f"  skipped {err['uri']}: {err['error']}", err=True)
     _print_summary("index summary", summary, ["table", "files", "embedded", "deleted", "unchanged", "failed",
-                                              "rows", "ann_index", "seconds", "db"])
+                                              "rows", "versions", "ann_index", "seconds", "db"])
     sys.exit(EXIT_PARTIAL if summary["failed"] else 0)
 
 
@@ -218,7 +221,8 @@ def enhance(input, output, db, table, generator, generator_weights, osediff_weig
     if len(summary["errors"]) > 50:
         click.echo(f"  ... and {len(summary['errors']) - 50} more (status = 'error' in the manifest)", err=True)
     _print_summary("enhance summary", summary, ["run_id", "inputs", "already_done", "processed", "ok", "failed",
-                                                "skipped", "shards", "workers", "seconds", "images", "manifest"])
+                                                "skipped", "shards", "workers", "nodes", "seconds", "images",
+                                                "manifest"])
     sys.exit(EXIT_PARTIAL if summary["failed"] else 0)
 
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import flow, get_run_logger
 
-from flows._common import publish_summary
+from flows._common import flow_setup, publish_summary
 from flows.index import index_gallery
 from rasr import catalog, images, storage
 from rasr.dataset import (DATASET_SCHEMA, DatasetConfig, center_crop, random_crops, split_category, stable_seed,
@@ -36,6 +36,7 @@ def build_dataset(src: str, out: str, train: int = 40, test: int = 5, crop: int 
                   encoder: str = "efficientnet-lite0", ray_address: str | None = None,
                   show_progress: bool = False) -> dict:
     """Build a RefDSR training set from SRC (category sub-folders) into OUT; returns a summary."""
+    flow_setup()
     log = get_run_logger()
     t0 = time.perf_counter()
     cfg = DatasetConfig(train=train, test=test, crop=crop, top_k=top_k, seed=seed, self_crop=self_crop,

@@ -16,11 +16,11 @@ from collections import Counter
 from flows import _env  # noqa: F401  (telemetry off before Prefect loads)
 from prefect import flow, get_run_logger
 
-from flows._common import new_run_id, publish_summary, run_bounded
+from flows._common import flow_setup, new_run_id, publish_summary, run_bounded
 from rasr import catalog, images, manifest, runlog, storage
 from rasr.enhance import EnhanceConfig
 from tasks import progress
-from tasks.actors import ActorPool, EnhanceActor, PoolSpec, check_resources
+from tasks.actors import ActorPool, EnhanceActor, PoolSpec, check_resources, node_cpus
 from tasks.shards import run_shard
 from tasks.runtime import init_ray
 
@@ -34,8 +34,12 @@ def enhance_archive(input: str, output: str, db: str | None = None, table: str |
                     tagger: str = "category", encoder_weights: str | None = None, shard_size: int = 64,
                     batch_size: int = 4, workers: int | None = None, gpus_per_worker: float | None = None,
                     worker_resources: dict | None = None, ray_address: str | None = None,
-                    max_inflight_shards: int | None = None, show_progress: bool = False) -> dict:
-    """Enhance every new input under `input` into `output` (local folder or s3:// prefix)."""
+                    max_inflight_shards: int | None = None, since: float | None = None,
+                    show_progress: bool = False) -> dict:
+    """Enhance every new input under `input` into `output` (local folder or s3:// prefix).
+
+    since: only inputs modified at or after this epoch time are considered (the nightly watermark)."""
+    flow_setup()
     log = get_run_logger()
     t0 = time.perf_counter()
     started = dt.datetime.now(dt.timezone.utc)
@@ -49,6 +53,9 @@ def enhance_archive(input: str, output: str, db: str | None = None, table: str |
     _check(cfg, input, output)
     cfg_hash = cfg.hash()
     items = catalog.list_inputs(input)
+    listed = len(items)
+    if since is not None:
+        items = [i for i in items if (storage.mtime_seconds(i.mtime) or float("inf")) >= since]
     done = catalog.covered(catalog.done_markers(output), cfg_hash)
     shards = catalog.plan(items, done, cfg_hash, shard_size)
     todo = sum(len(s.items) for s in shards)
@@ -57,7 +64,7 @@ def enhance_archive(input: str, output: str, db: str | None = None, table: str |
     results, failures, placement = [], [], []
     if shards:
         cluster = init_ray(ray_address)
-        spec = PoolSpec(workers, gpus_per_worker, None, worker_resources or {}).resolve(cluster)
+        spec = PoolSpec(workers, gpus_per_worker, None, worker_resources or {}).resolve(cluster, node_cpus())
         check_resources(spec, cluster, ray_address)
         pool = ActorPool(EnhanceActor, spec, vars(cfg))
         key = f"enhance-{run_id}"
@@ -77,7 +84,8 @@ def enhance_archive(input: str, output: str, db: str | None = None, table: str |
         counts.update({k: r[k] for k in manifest.STATUSES})
     summary = {
         "run_id": run_id, "input": storage.redact(input), "output": storage.redact(output),
-        "generator": generator, "config_hash": cfg_hash, "inputs": len(items), "already_done": len(items) - todo,
+        "generator": generator, "config_hash": cfg_hash, "listed": listed, "inputs": len(items),
+        "already_done": len(items) - todo,
         "processed": sum(r["n"] for r in results), "ok": counts["ok"], "failed": counts["error"],
         "skipped": counts["skipped"], "shards": len(shards), "shards_failed": len(failures),
         "workers": len(placement), "nodes": len({p["node_id"] for p in placement}),

@@ -20,11 +20,11 @@ import pyarrow.parquet as pq
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows._common import new_run_id, publish_summary, run_bounded
+from flows._common import flow_setup, new_run_id, publish_summary, run_bounded
 from rasr import catalog, images, manifest, metrics, report, runlog, storage
 from rasr.evaluate import EVAL_SCHEMA, REF_MODES, RETRIEVAL_DIR, RETRIEVAL_SCHEMA, EvalConfig
 from tasks import progress
-from tasks.actors import ActorPool, EvalActor, PoolSpec, check_resources
+from tasks.actors import ActorPool, EvalActor, PoolSpec, check_resources, node_cpus
 from tasks.runtime import init_ray
 
 TABLE5_ENCODERS = ("vgg16", "clip", "dinov2", "efficientnet-lite0")
@@ -130,6 +130,7 @@ def evaluate(hr: str, out: str, methods: list[str] = ("bicubic", "realesrgan"), 
              gpus_per_worker: float | None = None, worker_resources: dict | None = None,
              ray_address: str | None = None, report_examples: int = 3, show_progress: bool = False) -> dict:
     """Evaluate `methods` on the HR test set `hr` into `out`; returns the summary and table texts."""
+    flow_setup()
     log = get_run_logger()
     t0 = time.perf_counter()
     run_id = new_run_id()
@@ -157,7 +158,7 @@ def evaluate(hr: str, out: str, methods: list[str] = ("bicubic", "realesrgan"), 
     results, failures = [], []
     if shards:
         cluster = init_ray(ray_address)
-        spec = PoolSpec(workers, gpus_per_worker, None, worker_resources or {}).resolve(cluster)
+        spec = PoolSpec(workers, gpus_per_worker, None, worker_resources or {}).resolve(cluster, node_cpus())
         check_resources(spec, cluster, ray_address)
         pool = ActorPool(EvalActor, spec, vars(cfg))
         key = f"evaluate-{run_id}"

@@ -7,6 +7,7 @@ maintain (ANN index above the threshold, compaction) -> summary artifact.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 
 from flows import _env  # noqa: F401  (telemetry off before Prefect loads)
@@ -17,9 +18,9 @@ from rasr.encoders import DEFAULT_ENCODER, load_encoder
 from rasr.gallery import DEFAULT_TABLE, Gallery
 from rasr.images import DEFAULT_MAX_PIXELS
 from rasr.indexer import plan_index
-from flows._common import publish_summary
+from flows._common import flow_setup, publish_summary
 from tasks import progress
-from tasks.actors import ActorPool, EmbedActor, PoolSpec
+from tasks.actors import ActorPool, EmbedActor, PoolSpec, check_resources, node_cpus
 from tasks.index import as_dicts, embed_shard
 from rasr.locks import gallery_lock
 from tasks.runtime import init_ray
@@ -30,8 +31,10 @@ def index_gallery(gallery: str, db: str, encoder: str = DEFAULT_ENCODER, encoder
                   table: str = DEFAULT_TABLE, shard_size: int = 256, batch_size: int = 32,
                   workers: int | None = None, gpus_per_worker: float | None = None,
                   worker_resources: dict | None = None, ray_address: str | None = None,
-                  max_pixels: int = DEFAULT_MAX_PIXELS, compact: bool = True, show_progress: bool = False) -> dict:
+                  max_pixels: int = DEFAULT_MAX_PIXELS, compact: bool = True, keep_versions_minutes: float = 10.0,
+                  show_progress: bool = False) -> dict:
     """Embed a gallery folder or s3:// prefix into a LanceDB table; only new/changed files are embedded."""
+    flow_setup()
     log = get_run_logger()
     t0 = time.perf_counter()
     listing = catalog.list_inputs(gallery)
@@ -47,7 +50,8 @@ def index_gallery(gallery: str, db: str, encoder: str = DEFAULT_ENCODER, encoder
         embedded = 0
         if plan.to_embed:
             cluster = init_ray(ray_address)
-            spec = PoolSpec(workers, gpus_per_worker, None, worker_resources or {}).resolve(cluster)
+            spec = PoolSpec(workers, gpus_per_worker, None, worker_resources or {}).resolve(cluster, node_cpus())
+            check_resources(spec, cluster, ray_address)
             pool = ActorPool(EmbedActor, spec, encoder, encoder_weights, max_pixels, batch_size=batch_size)
             key = f"index-{id(pool)}"
             progress.start(key, len(plan.to_embed), "embedding", show_progress)
@@ -66,11 +70,14 @@ def index_gallery(gallery: str, db: str, encoder: str = DEFAULT_ENCODER, encoder
         # files that failed to decode must not stay in the table with stale vectors
         stale = plan.to_delete + [e["uri"] for e in errors if e["uri"] in g.files()]
         deleted = g.delete_uris(stale) if stale else 0
-        maint = g.maintain(compact=compact) if (embedded or deleted) else {"rows": g.count(), "index": None}
+        maint = (g.maintain(compact=compact, keep_versions_for=dt.timedelta(minutes=keep_versions_minutes))
+                 if (embedded or deleted) else {"rows": g.count(), "index": None})
+        versions = len(g.table.list_versions())
     summary = {
         "gallery": storage.redact(gallery), "db": storage.redact(db), "table": g.name, "encoder": encoder,
         "files": len(listing), "embedded": embedded, "deleted": len(plan.to_delete), "unchanged": plan.unchanged,
-        "failed": len(errors), "rows": maint["rows"], "ann_index": maint.get("index") or "none (exact search)",
+        "failed": len(errors), "rows": maint["rows"], "versions": versions,
+        "ann_index": maint.get("index") or "none (exact search)",
         "seconds": round(time.perf_counter() - t0, 2),
     }
     publish_summary("index-summary", summary, errors=errors,

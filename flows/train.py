@@ -15,7 +15,7 @@ from dataclasses import asdict
 from flows import _env  # noqa: F401  (telemetry off before Prefect loads)
 from prefect import flow, get_run_logger
 
-from flows._common import publish_summary
+from flows._common import flow_setup, publish_summary
 from rasr import storage
 from rasr.train import TrainConfig, Trainer, latest_checkpoint
 from tasks.runtime import init_ray
@@ -50,6 +50,14 @@ def _ray_worker_loop(config: dict) -> None:
             t.model.controlnet = DDP(unwrap, device_ids=ids) if torch.distributed.is_initialized() else unwrap
 
     t.save = save_unwrapped
+
+    def all_reduce(params):  # the discriminator heads: average their gradients across workers
+        for p in params:
+            if p.grad is not None:
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= world
+
+    t.sync_disc_grads = all_reduce
     t.run(on_step=report)
 
 
@@ -62,6 +70,7 @@ def train_refdsr(dataset: str, out: str, sd_base: str | None = None, osediff_wei
                  engine: str = "local", workers: int = 1, use_gpu: bool = False, cpus_per_worker: float = 1.0,
                  ray_address: str | None = None, device: str | None = None) -> dict:
     """Train RefDSR's reference branch on DATASET; checkpoints (resumable) under OUT."""
+    flow_setup()
     log = get_run_logger()
     t0 = time.perf_counter()
     w = {"mse": 1.0, "lpips": 2.0, "gram": 1e-3, "gan": 0.1, **(loss_weights or {})}

@@ -203,8 +203,11 @@ def _torch_hub_checkpoint(name: str) -> str:
 
 
 def _from_pretrained(cls, ref: str, what: str):
+    # transformers reads HF_HUB_OFFLINE only at import: without the hub, ask for local files directly,
+    # else each missing file is retried for ~45 s before failing
+    local_only = not os.path.isdir(ref) and not W.hub_reachable()
     try:
-        return cls.from_pretrained(ref)
+        return cls.from_pretrained(ref, local_files_only=local_only)
     except OSError as e:
         raise W.WeightsNotFound(
             f"{what} weights not found at {ref!r} ({str(e).splitlines()[0]}): download them on a machine "

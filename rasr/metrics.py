@@ -127,6 +127,20 @@ def status(names=METRICS + SET_METRICS) -> dict[str, str]:
     return {n: check(n) for n in names}
 
 
+def check_files(files: tuple[WeightFile, ...]) -> str:
+    """check() for any set of WeightFiles (e.g. a training loss's): "ok" or "unavailable: <what to do>"."""
+    missing = [f for f in files if not _file_ok(f)]
+    return _missing_reason(missing) if missing else OK
+
+
+def create_loss(name: str, device=None) -> torch.nn.Module:
+    """pyiqa's `name` as a differentiable loss (as_loss=True), built as safely as MetricSuite builds it.
+
+    Call it only when check(name) is "ok"; a file REQUIRED_FILES misses raises FileNotFoundError."""
+    _check_name(name)
+    return _create_metric(name, pick_device(device), as_loss=True)
+
+
 class MetricSuite:
     """The per-image metrics, built once; `status` says which are usable and why not."""
 

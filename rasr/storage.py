@@ -110,10 +110,31 @@ class FileEntry:
 
 
 def _stamp(info: dict) -> str:
-    for key in ("mtime", "LastModified", "last_modified", "ETag", "etag", "created"):
-        if info.get(key) is not None:
-            return str(info[key])
-    return ""
+    """Modification time as epoch seconds (text), comparable across local files and object stores."""
+    import datetime as dt
+
+    for key in ("mtime", "LastModified", "last_modified", "created"):
+        value = info.get(key)
+        if value is None:
+            continue
+        if isinstance(value, dt.datetime):
+            return f"{value.timestamp():.6f}"
+        try:
+            return f"{float(value):.6f}"
+        except (TypeError, ValueError):
+            try:
+                return f"{dt.datetime.fromisoformat(str(value)).timestamp():.6f}"
+            except ValueError:
+                return str(value)
+    return str(info.get("ETag") or info.get("etag") or "")
+
+
+def mtime_seconds(stamp: str) -> float | None:
+    """The epoch seconds of a FileEntry.mtime, or None when the store gave none."""
+    try:
+        return float(stamp)
+    except (TypeError, ValueError):
+        return None
 
 
 def list_files(root: str) -> Iterator[FileEntry]:

@@ -149,6 +149,7 @@ class Trainer:
         self.data = TrainSet(cfg.dataset)
         self.step = 0
         self.history: list[dict] = []
+        self.sync_disc_grads = None  # set by data-parallel runners: the heads are not inside DDP
 
     # ---- data ----------------------------------------------------------------------------------
     def batch(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.Tensor]:
@@ -198,6 +199,8 @@ class Trainer:
         self.scaler.step(self.opt)
         self.scaler.update()
         if self.opt_d:
+            if self.sync_disc_grads:
+                self.sync_disc_grads(self.loss.discriminator_parameters())
             self.opt_d.step()
         if not math.isfinite(totals.get("total", 0.0)):
             raise FloatingPointError(f"loss became {totals.get('total')} at step {step}: lower --lr or use fp32/bf16")

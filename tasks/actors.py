@@ -28,13 +28,17 @@ class PoolSpec:
     resources: dict = field(default_factory=dict)  # custom resources, e.g. {"gpu_worker": 1}
     spread: bool = True                # place actors on different nodes when possible
 
-    def resolve(self, cluster: dict) -> "PoolSpec":
+    def resolve(self, cluster: dict, node_cpus: list[float] | None = None) -> "PoolSpec":
+        """Fill in the defaults from the cluster's totals and its nodes' CPU counts."""
         gpus = float(cluster.get("GPU", 0))
-        cpus = float(cluster.get("CPU", 1))
         gpw = self.gpus_per_worker if self.gpus_per_worker is not None else (1.0 if gpus >= 1 else 0.0)
         workers = self.workers or (int(gpus // gpw) if gpw else 1) or 1
-        # leave room for the shard tasks' reads/writes and Ray's own processes
-        cpw = self.cpus_per_worker if self.cpus_per_worker is not None else max(0.5, min(4.0, (cpus - 0.5) / workers))
+        cpw = self.cpus_per_worker
+        if cpw is None:  # an actor must fit on one node: share the smallest node among its actors
+            nodes = [c for c in (node_cpus or [float(cluster.get("CPU", 1))]) if c > 0] or [1.0]
+            per_node = -(-workers // len(nodes))
+            # leave half a CPU per node for the shard tasks' reads/writes and Ray's own processes
+            cpw = max(0.5, min(4.0, (min(nodes) - 0.5) / per_node))
         return PoolSpec(workers, gpw, cpw, dict(self.resources), self.spread)
 
     @staticmethod
@@ -49,13 +53,22 @@ class PoolSpec:
             raise ValueError(f'--worker-resources must be a JSON object like {{"gpu_worker": 1}}, got {text!r}') from None
 
 
+def node_cpus() -> list[float]:
+    """CPU count of every alive node of the connected cluster."""
+    return [float(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+
+
 def check_resources(spec: PoolSpec, cluster: dict, address: str | None) -> None:
-    """On a fixed local Ray, asking for GPUs that don't exist would wait forever: fail now instead."""
+    """On a fixed local Ray, asking for what no node has would wait forever: fail now instead."""
     if address or os.environ.get("RAY_ADDRESS"):
-        return  # an autoscaling cluster may still add the nodes
+        return  # an autoscaling cluster may still add the nodes (ready() times out with the details)
     if spec.gpus_per_worker and spec.gpus_per_worker * spec.workers > cluster.get("GPU", 0):
         raise ValueError(f"{spec.workers} workers x {spec.gpus_per_worker} GPUs asked, but this machine has "
                          f"{cluster.get('GPU', 0):.0f} GPUs: pass --gpus-per-worker 0 or fewer --workers")
+    for name, amount in spec.resources.items():
+        if amount * spec.workers > cluster.get(name, 0):
+            raise ValueError(f"{spec.workers} workers x {amount} {name!r} asked, but this Ray has "
+                             f"{cluster.get(name, 0):g}: start Ray with that resource or drop --worker-resources")
 
 
 def _threads(cpus: float) -> None:
@@ -157,10 +170,12 @@ class ActorPool:
     def next(self):
         return next(self._cycle)
 
-    def ready(self, timeout: float = 600.0) -> list[dict]:
+    def ready(self, timeout: float | None = None) -> list[dict]:
         """Wait until every actor has loaded its model; returns where each one runs.
 
-        Fails with a clear message when the cluster cannot place them (e.g. GPUs asked, none there)."""
+        Fails with a clear message when the cluster cannot place them in time (RASR_WORKER_START_TIMEOUT,
+        default 600 s: autoscalers need minutes to add GPU nodes)."""
+        timeout = timeout or float(os.environ.get("RASR_WORKER_START_TIMEOUT", 600))
         refs = [a.where.remote() for a in self.actors]
         done, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout)
         if pending:

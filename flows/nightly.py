@@ -1,0 +1,53 @@
+"""Flow `nightly_enhance`: enhance only what arrived since the last completed run.
+
+The watermark lives in the output location (<out>/_state/watermark.json), not in Prefect's database,
+so it survives a new Prefect server and is visible to anyone reading the outputs. It records when the
+last *completed* run listed its inputs; a failed run leaves it alone, so the next night retries.
+Inputs modified up to `grace_seconds` before the watermark are listed again (clock skew, slow
+uploads); the done-markers make sure none of them is enhanced twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+from flows import _env  # noqa: F401  (telemetry off before Prefect loads)
+from prefect import flow, get_run_logger
+
+from flows._common import flow_setup
+
+from flows.enhance import enhance_archive
+from rasr import storage
+
+WATERMARK = "_state/watermark.json"
+
+
+def read_watermark(output: str) -> dict | None:
+    uri = storage.join(output, WATERMARK)
+    return storage.read_json(uri) if storage.exists(uri) else None
+
+
+@flow(name="nightly-enhance")
+def nightly_enhance(input: str, output: str, db: str | None = None, generator: str = "realesrgan",
+                    generator_weights: str | None = None, generator_options: dict | None = None,
+                    min_similarity: float = 0.0, top_k: int = 1, shard_size: int = 64, workers: int | None = None,
+                    gpus_per_worker: float | None = None, worker_resources: dict | None = None,
+                    ray_address: str | None = None, grace_seconds: float = 3600.0) -> dict:
+    """Enhance the inputs that are new since the watermark, then move the watermark forward."""
+    flow_setup()
+    log = get_run_logger()
+    wm = read_watermark(output)
+    listed_at = time.time()
+    since = None if wm is None else wm["listed_at"] - grace_seconds
+    log.info("first run: every input" if wm is None else
+             f"inputs modified since {dt.datetime.fromtimestamp(since, dt.timezone.utc).isoformat()}")
+    summary = enhance_archive(input, output, db=db, generator=generator, generator_weights=generator_weights,
+                              generator_options=generator_options, min_similarity=min_similarity, top_k=top_k,
+                              shard_size=shard_size, workers=workers, gpus_per_worker=gpus_per_worker,
+                              worker_resources=worker_resources, ray_address=ray_address, since=since)
+    storage.write_json(storage.join(output, WATERMARK), {
+        "listed_at": listed_at, "listed_at_iso": dt.datetime.fromtimestamp(listed_at, dt.timezone.utc).isoformat(),
+        "run_id": summary["run_id"], "processed": summary["processed"], "failed": summary["failed"],
+        "previous": wm and {k: wm[k] for k in ("listed_at_iso", "run_id")}})
+    return summary
