@@ -22,43 +22,35 @@ from tasks.runtime import init_ray
 
 
 def _ray_worker_loop(config: dict) -> None:
-    """Runs in each Ray Train worker: DDP around the branch, rank-sharded batches."""
+    """Runs in each Ray Train worker: rank-sharded batches, gradients averaged across workers.
+
+    Only the branch (~11M parameters) and the discriminator heads train, so one coalesced all-reduce
+    per step after backward costs little; the model is not wrapped in DDP, which keeps checkpoints
+    and the frozen parts free of wrapper names and avoids rank-0-only collectives around saving."""
     import ray.train
     import torch
-    from torch.nn.parallel import DistributedDataParallel as DDP
+    import torch.distributed as dist
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    t = Trainer(TrainConfig(**config), device=str(device), rank=rank, world=world)
+    t = Trainer(TrainConfig(**config), device=str(ray.train.torch.get_device()), rank=rank, world=world)
     t.resume()
-    ids = [device.index] if device.type == "cuda" else None
-    t.model.controlnet = DDP(t.model.controlnet, device_ids=ids)  # all-reduces the branch's gradients
-    unwrap = t.model.controlnet.module
+    with torch.no_grad():  # same starting weights everywhere (seeded init or checkpoint; make sure)
+        for p in t.params + t.loss.discriminator_parameters():
+            dist.broadcast(p.data, src=0)
 
-    def report(step, parts):
-        ray.train.report({"step": step, **parts})
+    def average(params):
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            flat = _flatten_dense_tensors(grads)
+            dist.all_reduce(flat)
+            flat /= world
+            for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
+                g.copy_(synced)
 
-    # checkpoints need the plain module's names
-    save = t.save
-
-    def save_unwrapped():
-        t.model.controlnet = unwrap
-        try:
-            return save()
-        finally:
-            t.model.controlnet = DDP(unwrap, device_ids=ids) if torch.distributed.is_initialized() else unwrap
-
-    t.save = save_unwrapped
-
-    def all_reduce(params):  # the discriminator heads: average their gradients across workers
-        for p in params:
-            if p.grad is not None:
-                torch.distributed.all_reduce(p.grad)
-                p.grad /= world
-
-    t.sync_disc_grads = all_reduce
-    t.run(on_step=report)
+    t.sync_grads = average
+    t.run(on_step=lambda step, parts: ray.train.report({"step": step, **parts}))
 
 
 @flow(name="train-refdsr")

@@ -134,8 +134,10 @@ class Trainer:
         self.device = pick_device(device)
         if cfg.crop % 64:
             raise ValueError(f"--crop {cfg.crop} must be a multiple of 64 (SD's VAE x8 and UNet x8)")
-        self.model, _ = build_model("refdsr", cfg.sd_base, cfg.osediff_weights, cfg.init_branch,
-                                    new_branch=cfg.init_branch is None)
+        with torch.random.fork_rng(devices=[]):  # a new branch's LoRA A is random: seed it, so runs repeat
+            torch.manual_seed(cfg.seed)
+            self.model, _ = build_model("refdsr", cfg.sd_base, cfg.osediff_weights, cfg.init_branch,
+                                        new_branch=cfg.init_branch is None)
         self.model.to(self.device)
         self.loss = TrainingLoss(LossWeights(cfg.mse, cfg.lpips, cfg.gram, cfg.gan), device=self.device,
                                  vgg_weights=cfg.vgg_weights, dino_weights=cfg.dino_weights).to(self.device)
@@ -149,7 +151,7 @@ class Trainer:
         self.data = TrainSet(cfg.dataset)
         self.step = 0
         self.history: list[dict] = []
-        self.sync_disc_grads = None  # set by data-parallel runners: the heads are not inside DDP
+        self.sync_grads = None  # data-parallel runners set it: averages gradients across workers
 
     # ---- data ----------------------------------------------------------------------------------
     def batch(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.Tensor]:
@@ -196,11 +198,13 @@ class Trainer:
                 parts = {**parts, **{f"d_{k}": v for k, v in d_parts.items()}}
             for k, v in parts.items():
                 totals[k] = totals.get(k, 0.0) + float(v) / self.cfg.grad_accum
+        if self.sync_grads:
+            self.sync_grads(self.params)
         self.scaler.step(self.opt)
         self.scaler.update()
         if self.opt_d:
-            if self.sync_disc_grads:
-                self.sync_disc_grads(self.loss.discriminator_parameters())
+            if self.sync_grads:
+                self.sync_grads(self.loss.discriminator_parameters())
             self.opt_d.step()
         if not math.isfinite(totals.get("total", 0.0)):
             raise FloatingPointError(f"loss became {totals.get('total')} at step {step}: lower --lr or use fp32/bf16")

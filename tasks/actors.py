@@ -29,11 +29,19 @@ class PoolSpec:
     spread: bool = True                # place actors on different nodes when possible
 
     def resolve(self, cluster: dict, node_cpus: list[float] | None = None) -> "PoolSpec":
-        """Fill in the defaults from the cluster's totals and its nodes' CPU counts."""
+        """Fill in the defaults: RASR_WORKERS / RASR_GPUS_PER_WORKER / RASR_CPUS_PER_WORKER from the
+        environment (set them on autoscaling clusters that start with no GPU node), else from the
+        cluster's GPUs and its nodes' CPU counts."""
+        env = os.environ
         gpus = float(cluster.get("GPU", 0))
-        gpw = self.gpus_per_worker if self.gpus_per_worker is not None else (1.0 if gpus >= 1 else 0.0)
-        workers = self.workers or (int(gpus // gpw) if gpw else 1) or 1
+        gpw = self.gpus_per_worker
+        if gpw is None:
+            gpw = float(env["RASR_GPUS_PER_WORKER"]) if env.get("RASR_GPUS_PER_WORKER") else (1.0 if gpus >= 1 else 0.0)
+        workers = self.workers or (int(env["RASR_WORKERS"]) if env.get("RASR_WORKERS") else 0)
+        workers = workers or (int(gpus // gpw) if gpw else 1) or 1
         cpw = self.cpus_per_worker
+        if cpw is None and env.get("RASR_CPUS_PER_WORKER"):
+            cpw = float(env["RASR_CPUS_PER_WORKER"])
         if cpw is None:  # an actor must fit on one node: share the smallest node among its actors
             nodes = [c for c in (node_cpus or [float(cluster.get("CPU", 1))]) if c > 0] or [1.0]
             per_node = -(-workers // len(nodes))

@@ -78,7 +78,7 @@ def test_resume_gives_the_same_losses(ds, tiny_diffusion, tmp_path):
     assert second.resume() and second.step == 2
     resumed = second.run()
     assert [h["step"] for h in resumed] == [1, 2, 3, 4]
-    np.testing.assert_allclose([h["total"] for h in resumed], [h["total"] for h in straight], rtol=1e-5)
+    np.testing.assert_allclose([h["total"] for h in resumed], [h["total"] for h in straight], rtol=0, atol=0)  # bit-identical: every random choice is keyed by the step
     assert latest_checkpoint(str(tmp_path / "b"))["step"] == 4
 
 
@@ -96,11 +96,11 @@ def test_only_the_branch_trains_and_losses_are_recorded(ds, tiny_diffusion, tmp_
 
 
 def test_overfits_a_fixed_batch_and_loads_into_enhance(ds, tiny_diffusion, tmp_path, sample_dirs):
-    t = Trainer(cfg(ds, tiny_diffusion, tmp_path / "fit", steps=25, fixed_batch=True, checkpoint_every=25,
-                    lr=2e-3))
-    hist = t.run()
-    first, last = np.mean([h["total"] for h in hist[:3]]), np.mean([h["total"] for h in hist[-3:]])
-    assert last < 0.8 * first, (first, last)
+    t = Trainer(cfg(ds, tiny_diffusion, tmp_path / "fit", steps=30, fixed_batch=True, checkpoint_every=30,
+                    lr=1e-2))
+    losses = [h["total"] for h in t.run()]
+    # only the branch learns (the tiny base model is random), so the loss falls steadily, not to zero
+    assert losses[-1] < 0.88 * losses[0] and losses[-1] == min(losses), losses
     branch = latest_checkpoint(str(tmp_path / "fit"))["branch"]
     opts = {"osediff_weights": tiny_diffusion["osediff"]}
     trained = load_generator("refdsr", weights=tiny_diffusion["base"], refdsr_weights=branch, **opts)
