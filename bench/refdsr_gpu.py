@@ -14,6 +14,13 @@ for the whole run including a pytest -m gpu pass:
     osediff      8    0.0272    36.8      6.51
     refdsr       1    0.1211     8.3      3.81
     refdsr       8    0.0364    27.5      7.30      refdsr / osediff = 1.33x (paper 1.5x)
+
+and on one H100 80GB HBM3 (torch 2.11, diffusers 0.42.1), same day:
+
+    osediff      1    0.0718    13.9      3.06
+    osediff      8    0.0287    34.8      6.51
+    refdsr       1    0.1260     7.9      3.81
+    refdsr       8    0.0366    27.3      7.30
 """
 
 from __future__ import annotations

@@ -126,7 +126,9 @@ def _crop(rgb: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
 class Trainer:
     """One training process (one worker of a data-parallel run: rank of world)."""
 
-    def __init__(self, cfg: TrainConfig, device: str | None = None, rank: int = 0, world: int = 1):
+    def __init__(self, cfg: TrainConfig, device: str | None = None, rank: int = 0, world: int = 1,
+                 model=None, loss=None):
+        """`model` / `loss` replace the ones built from cfg (benchmarks pass random-init full-size ones)."""
         from rasr.generators.refdsr import build_model
         from rasr.losses import LossWeights, TrainingLoss
 
@@ -134,13 +136,14 @@ class Trainer:
         self.device = pick_device(device)
         if cfg.crop % 64:
             raise ValueError(f"--crop {cfg.crop} must be a multiple of 64 (SD's VAE x8 and UNet x8)")
-        with torch.random.fork_rng(devices=[]):  # a new branch's LoRA A is random: seed it, so runs repeat
-            torch.manual_seed(cfg.seed)
-            self.model, _ = build_model("refdsr", cfg.sd_base, cfg.osediff_weights, cfg.init_branch,
-                                        new_branch=cfg.init_branch is None)
-        self.model.to(self.device)
-        self.loss = TrainingLoss(LossWeights(cfg.mse, cfg.lpips, cfg.gram, cfg.gan), device=self.device,
-                                 vgg_weights=cfg.vgg_weights, dino_weights=cfg.dino_weights).to(self.device)
+        if model is None:
+            with torch.random.fork_rng(devices=[]):  # a new branch's LoRA A is random: seed it, so runs repeat
+                torch.manual_seed(cfg.seed)
+                model, _ = build_model("refdsr", cfg.sd_base, cfg.osediff_weights, cfg.init_branch,
+                                       new_branch=cfg.init_branch is None)
+        self.model = model.to(self.device)
+        self.loss = (loss or TrainingLoss(LossWeights(cfg.mse, cfg.lpips, cfg.gram, cfg.gan), device=self.device,
+                                          vgg_weights=cfg.vgg_weights, dino_weights=cfg.dino_weights)).to(self.device)
         self.params = self.model.trainable_parameters()
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr)
         d_params = self.loss.discriminator_parameters()
