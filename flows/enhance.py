@@ -20,9 +20,8 @@ from flows._common import flow_setup, new_run_id, publish_summary, run_bounded
 from rasr import catalog, images, manifest, runlog, storage
 from rasr.enhance import EnhanceConfig
 from tasks import progress
-from tasks.actors import ActorPool, EnhanceActor, PoolSpec, check_resources, node_cpus
+from tasks.actors import EnhanceActor, actor_pool
 from tasks.shards import run_shard
-from tasks.runtime import init_ray
 
 
 @flow(name="enhance-archive")
@@ -63,21 +62,18 @@ def enhance_archive(input: str, output: str, db: str | None = None, table: str |
 
     results, failures, placement = [], [], []
     if shards:
-        cluster = init_ray(ray_address)
-        spec = PoolSpec(workers, gpus_per_worker, None, worker_resources or {}).resolve(cluster, node_cpus())
-        check_resources(spec, cluster, ray_address)
-        pool = ActorPool(EnhanceActor, spec, vars(cfg))
         key = f"enhance-{run_id}"
         progress.start(key, todo, "enhancing", show_progress)
         try:
-            placement = pool.ready()
-            limit = max_inflight_shards or spec.workers + 1  # bounded: a crash loses little work
-            submit = lambda sh: run_shard.submit(sh.to_dict(), output, run_id, cfg_hash, pool,  # noqa: E731
-                                                 batch_size, {catalog.MANIFEST_DIR: manifest.SCHEMA}, key)
-            results, failures = run_bounded(shards, submit, limit)
+            with actor_pool(EnhanceActor, vars(cfg), workers=workers, gpus_per_worker=gpus_per_worker,
+                            resources=worker_resources, address=ray_address) as pool:
+                placement = pool.placement
+                limit = max_inflight_shards or pool.spec.workers + 1  # bounded: a crash loses little work
+                submit = lambda sh: run_shard.submit(sh.to_dict(), output, run_id, cfg_hash, pool,  # noqa: E731
+                                                     batch_size, {catalog.MANIFEST_DIR: manifest.SCHEMA}, key)
+                results, failures = run_bounded(shards, submit, limit)
         finally:
             progress.close(key)
-            pool.shutdown()
 
     counts = Counter()
     for r in results:

@@ -24,8 +24,8 @@ from flows._common import flow_setup, new_run_id, publish_summary, run_bounded
 from rasr import catalog, images, manifest, metrics, report, runlog, storage
 from rasr.evaluate import EVAL_SCHEMA, REF_MODES, RETRIEVAL_DIR, RETRIEVAL_SCHEMA, EvalConfig
 from tasks import progress
-from tasks.actors import ActorPool, EvalActor, PoolSpec, check_resources, node_cpus
-from tasks.runtime import init_ray
+from tasks.actors import EvalActor, actor_pool
+from tasks.shards import run_shard
 
 TABLE5_ENCODERS = ("vgg16", "clip", "dinov2", "efficientnet-lite0")
 
@@ -157,21 +157,16 @@ def evaluate(hr: str, out: str, methods: list[str] = ("bicubic", "realesrgan"), 
     schemas = {catalog.MANIFEST_DIR: EVAL_SCHEMA, RETRIEVAL_DIR: RETRIEVAL_SCHEMA}
     results, failures = [], []
     if shards:
-        cluster = init_ray(ray_address)
-        spec = PoolSpec(workers, gpus_per_worker, None, worker_resources or {}).resolve(cluster, node_cpus())
-        check_resources(spec, cluster, ray_address)
-        pool = ActorPool(EvalActor, spec, vars(cfg))
         key = f"evaluate-{run_id}"
         progress.start(key, todo, "evaluating", show_progress)
         try:
-            pool.ready()
-            from tasks.shards import run_shard
-
-            submit = lambda sh: run_shard.submit(sh.to_dict(), out, run_id, cfg_hash, pool, 1, schemas, key)  # noqa: E731
-            results, failures = run_bounded(shards, submit, spec.workers + 1)
+            with actor_pool(EvalActor, vars(cfg), workers=workers, gpus_per_worker=gpus_per_worker,
+                            resources=worker_resources, address=ray_address) as pool:
+                submit = lambda sh: run_shard.submit(sh.to_dict(), out, run_id, cfg_hash, pool, 1,  # noqa: E731
+                                                     schemas, key)
+                results, failures = run_bounded(shards, submit, pool.spec.workers + 1)
         finally:
             progress.close(key)
-            pool.shutdown()
 
     # summaries over everything evaluated under this config (this run and earlier, resumed ones)
     rows = manifest.read_table(out, catalog.MANIFEST_DIR, EVAL_SCHEMA).to_pandas()

@@ -20,10 +20,9 @@ from rasr.images import DEFAULT_MAX_PIXELS
 from rasr.indexer import plan_index
 from flows._common import flow_setup, publish_summary
 from tasks import progress
-from tasks.actors import ActorPool, EmbedActor, PoolSpec, check_resources, node_cpus
+from tasks.actors import EmbedActor, actor_pool
 from tasks.index import as_dicts, embed_shard
 from rasr.locks import gallery_lock
-from tasks.runtime import init_ray
 
 
 @flow(name="index-gallery")
@@ -49,26 +48,24 @@ def index_gallery(gallery: str, db: str, encoder: str = DEFAULT_ENCODER, encoder
         errors: list[dict] = []
         embedded = 0
         if plan.to_embed:
-            cluster = init_ray(ray_address)
-            spec = PoolSpec(workers, gpus_per_worker, None, worker_resources or {}).resolve(cluster, node_cpus())
-            check_resources(spec, cluster, ray_address)
-            pool = ActorPool(EmbedActor, spec, encoder, encoder_weights, max_pixels, batch_size=batch_size)
-            key = f"index-{id(pool)}"
+            key = f"index-{g.name}"
             progress.start(key, len(plan.to_embed), "embedding", show_progress)
             try:
-                pool.ready()
-                shards = [plan.to_embed[i:i + shard_size] for i in range(0, len(plan.to_embed), shard_size)]
-                futures = [embed_shard.submit(as_dicts(s), pool, batch_size, key) for s in shards]
-                for fut in futures:  # upsert as shards finish: a crash keeps what is already written
-                    rows, errs = fut.result()
-                    g.upsert(rows)
-                    embedded += len(rows)
-                    errors.extend(errs)
+                with actor_pool(EmbedActor, encoder, encoder_weights, max_pixels, batch_size=batch_size,
+                                workers=workers, gpus_per_worker=gpus_per_worker, resources=worker_resources,
+                                address=ray_address) as pool:
+                    shards = [plan.to_embed[i:i + shard_size] for i in range(0, len(plan.to_embed), shard_size)]
+                    futures = [embed_shard.submit(as_dicts(s), pool, batch_size, key) for s in shards]
+                    for fut in futures:  # upsert as shards finish: a crash keeps what is already written
+                        rows, errs = fut.result()
+                        g.upsert(rows)
+                        embedded += len(rows)
+                        errors.extend(errs)
             finally:
                 progress.close(key)
-                pool.shutdown()
         # files that failed to decode must not stay in the table with stale vectors
-        stale = plan.to_delete + [e["uri"] for e in errors if e["uri"] in g.files()]
+        indexed = g.files() if errors else {}
+        stale = plan.to_delete + [e["uri"] for e in errors if e["uri"] in indexed]
         deleted = g.delete_uris(stale) if stale else 0
         maint = (g.maintain(compact=compact, keep_versions_for=dt.timedelta(minutes=keep_versions_minutes))
                  if (embedded or deleted) else {"rows": g.count(), "index": None})

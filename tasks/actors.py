@@ -8,6 +8,7 @@ laptop (0 GPUs) and on a cluster's GPU worker group.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -15,7 +16,7 @@ import re
 import socket
 from dataclasses import dataclass, field
 
-from tasks.runtime import ray
+from tasks.runtime import init_ray, ray
 
 
 @dataclass
@@ -173,6 +174,7 @@ class ActorPool:
             options["scheduling_strategy"] = "SPREAD"
         self.actors = [actor_cls.options(**options).remote(*args, cpus=spec.cpus_per_worker, **kwargs)
                        for _ in range(spec.workers)]
+        self.placement: list[dict] = []  # filled by actor_pool(): where each actor runs
         self._cycle = itertools.cycle(self.actors)
 
     def next(self):
@@ -199,3 +201,19 @@ class ActorPool:
     def shutdown(self) -> None:
         for a in self.actors:
             ray.kill(a)
+
+
+@contextlib.contextmanager
+def actor_pool(actor_cls, *args, workers: int | None = None, gpus_per_worker: float | None = None,
+               resources: dict | None = None, address: str | None = None, **kwargs):
+    """Connect to (or start) Ray, size the pool for the cluster, start the actors and wait until their
+    models are loaded (`pool.placement` says where each runs); the actors are stopped on exit."""
+    cluster = init_ray(address)
+    spec = PoolSpec(workers, gpus_per_worker, None, resources or {}).resolve(cluster, node_cpus())
+    check_resources(spec, cluster, address)
+    pool = ActorPool(actor_cls, spec, *args, **kwargs)
+    try:
+        pool.placement = pool.ready()
+        yield pool
+    finally:
+        pool.shutdown()

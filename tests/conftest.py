@@ -145,3 +145,26 @@ def niqe_prior():
     if prior.cached_prior() is None and user.is_dir():
         shutil.copytree(user, prior.prior_dir(), dirs_exist_ok=True)
     return prior.fetch_niqe_prior()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a busy 2-core machine: two OpenMP threads spin against each other; one is steadier."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any socket connection fails loudly: proves a code path never reaches for the network."""
+    import socket
+
+    def refuse(self, address, *args, **kwargs):
+        raise AssertionError(f"network access to {address}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)

@@ -23,6 +23,8 @@ from rasr import weights as W
 from rasr.losses import LossWeights, TrainingLoss
 from tests.test_metrics import write_random_lpips
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
+
 SIZE = 64  # photos are resized to SIZE x SIZE: every network here runs in milliseconds
 OTHERS = ("astronaut", "coffee", "rocket", "china", "brick", "grass")  # unlike chelsea (a cat)
 ONLY = {"lpips": LossWeights(mse=0, lpips=1, gram=0, gan=0),
@@ -92,13 +94,6 @@ def point_torch_home(monkeypatch, root) -> None:
     monkeypatch.setattr(pyiqa_download, "DEFAULT_CACHE_DIR", str(root / "hub" / "pyiqa"))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """On a busy 2-core machine two OpenMP threads spin against each other; one is steadier."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -117,13 +112,6 @@ def empty_home(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(self, address, *args, **kwargs):
-        raise AssertionError(f"network access to {address}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
 
 
 @pytest.fixture(scope="module")

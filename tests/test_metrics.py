@@ -21,6 +21,8 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from rasr import metrics, niqe_prior
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
+
 FR_PHOTOS = ("astronaut", "chelsea", "coffee", "china", "camera")  # camera is grayscale -> RGB
 NIQE_PHOTOS = ("astronaut", "chelsea", "coffee")  # whole photos: small crops score higher
 # What a user must provide, written out here rather than read from metrics.REQUIRED_FILES.
@@ -80,24 +82,8 @@ def sk_ssim(pred: np.ndarray, gt: np.ndarray, round_y: bool = True) -> float:
 
 # ---- fixtures ------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """NIQE and SSIM run thousands of small ops; on a busy 2-core machine two OpenMP threads spin
-    against each other and NIQE of one photo goes from 0.25 s to 1.5-6 s. One thread is steady."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any socket connection fails loudly: proves a code path never reaches for the network."""
-    def refuse(self, address, *args, **kwargs):
-        raise AssertionError(f"network access to {address}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
 
 
 @pytest.fixture(scope="module")

@@ -32,16 +32,11 @@ from rasr.generators.refdsr import (
 from rasr.tagger import CategoryTagger, NullTagger, RamTagger, build_prompt, get_tagger
 from tests.tiny_sd import build_tiny, make_fake_osediff_pkl, perturb_branch, save_tiny
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny models: thread hand-offs cost more than the work, and shared cores oversubscribe badly
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
