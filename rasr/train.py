@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import json
 import logging
 import math
 import time
@@ -274,7 +273,3 @@ class Trainer:
             if self.rank == 0 and (self.step % self.cfg.checkpoint_every == 0 or self.step == until):
                 self.save()
         return self.history
-
-
-def config_json(cfg: TrainConfig) -> str:
-    return json.dumps(asdict(cfg), sort_keys=True)

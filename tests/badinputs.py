@@ -35,7 +35,6 @@ def crop(name: str, w: int, h: int, x: int = 100, y: int = 60) -> np.ndarray:
 def write_bad_inputs(folder: str) -> dict[str, str]:
     """Write the awkward files; returns name -> expected status."""
     os.makedirs(folder, exist_ok=True)
-    rgb = crop("chelsea", 41, 27)  # odd sizes on purpose
     p = lambda n: os.path.join(folder, n)  # noqa: E731
     open(p("empty.jpg"), "wb").close()
     buf = io.BytesIO()

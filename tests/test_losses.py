@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import socket
 import time
 from dataclasses import asdict
 
