@@ -118,6 +118,7 @@ def manifest_uri(out: str, sid: str) -> str:
 def output_uri(out: str, relpath: str, fmt: str) -> str:
     """<out>/images/<relative path of the input>.<fmt>: mirrors the input tree, never escapes <out>."""
     rel = storage.safe_relpath(relpath)
-    if os.path.splitext(rel)[1].lower().lstrip(".") not in ({fmt} | ({"jpg", "jpeg"} if fmt in ("jpg", "jpeg") else set())):
+    ext = os.path.splitext(rel)[1].lower().lstrip(".")
+    if not (ext == fmt or {ext, fmt} <= {"jpg", "jpeg"}):  # keep a.png / a.jpg as is, a.jpg -> a.jpg.png
         rel = f"{rel}.{fmt}"
     return storage.join(out, IMAGES_DIR, rel)

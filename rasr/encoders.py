@@ -10,6 +10,7 @@ a local folder or an s3:// URI (`weights=`).
 
 from __future__ import annotations
 
+import abc
 import os
 from typing import Sequence
 
@@ -51,7 +52,7 @@ def preprocess(images: Sequence[np.ndarray], size: int, mean, std, resize: int |
     return (x - m) / s
 
 
-class Encoder:
+class Encoder(abc.ABC):
     """Base class: subclasses set `id`, `dim` and implement `_embed(batch) -> (N, D)`."""
 
     id: str = ""
@@ -77,8 +78,9 @@ class Encoder:
             chunks.append(F.normalize(feats, dim=-1).cpu())
         return torch.cat(chunks).numpy().astype(np.float32)
 
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised (N, 3, S, S) input -> (N, D) features (not yet unit length)."""
 
 
 class EfficientNetLite0Encoder(Encoder):

@@ -13,6 +13,7 @@ names, one per line (RAM's tag list), beside it as <name>.txt. Without them it r
 
 from __future__ import annotations
 
+import abc
 import os
 from collections.abc import Sequence
 
@@ -40,13 +41,14 @@ def build_prompt(lr_tags: str | Sequence[str] | None, ref_tags: str | Sequence[s
     return ", ".join(seen)
 
 
-class Tagger:
+class Tagger(abc.ABC):
     """`tags(images, categories=None) -> list[str]`: one comma-separated tag string per (H, W, 3) uint8 image."""
 
     name = ""
 
+    @abc.abstractmethod
     def tags(self, images: Sequence[np.ndarray], categories: Sequence[str | None] | None = None) -> list[str]:
-        raise NotImplementedError  # pragma: no cover
+        """One comma-separated tag string per image (categories: what the caller knows, per image)."""
 
 
 class NullTagger(Tagger):

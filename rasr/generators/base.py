@@ -13,6 +13,7 @@ inputs, batching of same-size inputs, dtype/device, and the colour fix.
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from rasr import colorfix
 
 
-class Generator:
+class Generator(abc.ABC):
     """Base class of all generators (not an nn.Module itself: models live in attributes)."""
 
     name: str = ""
@@ -36,9 +37,10 @@ class Generator:
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
 
+    @abc.abstractmethod
     def restore(self, lr: torch.Tensor, ref: torch.Tensor | None,
-                prompts: list[str] | None = None) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError
+                prompts: list[str] | None = None) -> torch.Tensor:
+        """(B, 3, h, w) in [0, 1] (+ references, prompts) -> (B, 3, h * scale, w * scale) in [0, 1]."""
 
     def info(self) -> dict:
         """Extra facts recorded in each manifest row (fusion scale, tagger, precision...)."""
