@@ -86,8 +86,15 @@ def _threads(cpus: float) -> None:
     torch.set_num_threads(max(1, int(round(cpus))))
 
 
+class _Located:
+    """What every model actor answers: where it runs (also proves its constructor finished)."""
+
+    def where(self) -> dict:
+        return {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "pid": os.getpid()}
+
+
 @ray.remote(max_restarts=1, max_task_retries=1)
-class EnhanceActor:
+class EnhanceActor(_Located):
     """Holds an EnhanceWorker (encoder + gallery + generator)."""
 
     def __init__(self, cfg: dict, cpus: float):
@@ -101,12 +108,9 @@ class EnhanceActor:
 
         return {"manifest": self.worker.process([Item(**i) for i in items], out, shard_id, run_id)}
 
-    def where(self) -> dict:
-        return {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "pid": os.getpid()}
-
 
 @ray.remote(max_restarts=1, max_task_retries=1)
-class EvalActor:
+class EvalActor(_Located):
     """Holds an EvalWorker (every method's generator, encoders, gallery, metrics)."""
 
     def __init__(self, cfg: dict, cpus: float):
@@ -120,12 +124,9 @@ class EvalActor:
 
         return self.worker.process([Item(**i) for i in items], out, shard_id, run_id)
 
-    def where(self) -> dict:
-        return {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "pid": os.getpid()}
-
 
 @ray.remote(max_restarts=1, max_task_retries=1)
-class EmbedActor:
+class EmbedActor(_Located):
     """Holds an encoder for gallery indexing."""
 
     def __init__(self, encoder: str, weights: str | None, max_pixels: int, cpus: float, batch_size: int = 32):
@@ -146,9 +147,6 @@ class EmbedActor:
         for r in rows:
             r["vector"] = r["vector"].tolist()
         return rows, errors
-
-    def where(self) -> dict:
-        return {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "pid": os.getpid()}
 
 
 def root_cause(e: BaseException) -> str:
