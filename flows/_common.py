@@ -42,6 +42,33 @@ def publish_summary(key: str, summary: dict, errors: list[dict] | None = None, t
         create_markdown_artifact(markdown="\n".join(parts), key=f"{key}-details", description=title or key)
 
 
+def process_shards(actor_cls, cfg: dict, shards: list, out: str, run_id: str, cfg_hash: str, schemas: dict,
+                   per_call: int, label: str, show_progress: bool, max_inflight: int | None = None,
+                   workers: int | None = None, gpus_per_worker: float | None = None, resources: dict | None = None,
+                   address: str | None = None) -> tuple[list[dict], list[dict], list[dict]]:
+    """Run `shards` with `actor_cls(cfg)` actors and a progress bar; returns (results, failures, placement).
+
+    per_call: inputs sent to an actor per call.
+    At most `max_inflight` shards (default: workers + 1) are in flight, so a crash loses little work."""
+    from tasks import progress
+    from tasks.actors import actor_pool
+    from tasks.shards import run_shard
+
+    if not shards:
+        return [], [], []
+    key = f"{label}-{run_id}"
+    progress.start(key, sum(len(s.items) for s in shards), label, show_progress)
+    try:
+        with actor_pool(actor_cls, cfg, workers=workers, gpus_per_worker=gpus_per_worker, resources=resources,
+                        address=address) as pool:
+            submit = lambda sh: run_shard.submit(sh.to_dict(), out, run_id, cfg_hash, pool,  # noqa: E731
+                                                 per_call, schemas, key)
+            results, failures = run_bounded(shards, submit, max_inflight or pool.spec.workers + 1)
+            return results, failures, pool.placement
+    finally:
+        progress.close(key)
+
+
 def run_bounded(shards: list, submit, limit: int) -> tuple[list[dict], list[dict]]:
     """Submit shard tasks keeping at most `limit` in flight (a crash then loses little work).
 

@@ -58,6 +58,18 @@ _worker_options = [
 ]
 
 
+class GeneratorChoice(click.Choice):
+    """The built-in generators, or `package.module:ClassName` of a custom Generator subclass."""
+
+    def __init__(self):
+        super().__init__(["realesrgan", "bicubic", "osediff", "refdsr"])
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and ":" in value:
+            return value
+        return super().convert(value, param, ctx)
+
+
 def worker_options(f):
     for opt in reversed(_worker_options):
         f = opt(f)
@@ -172,8 +184,8 @@ def search(image, db, k, table, category, encoder_weights, as_json) -> None:
 @click.argument("output")
 @click.option("--db", default=None, help="Gallery LanceDB to retrieve references from (required by refdsr).")
 @click.option("--table", default=None, help="Table or gallery name (needed when the DB holds several).")
-@click.option("--generator", type=click.Choice(["realesrgan", "bicubic", "osediff", "refdsr"]),
-              default="realesrgan", show_default=True)
+@click.option("--generator", type=GeneratorChoice(), default="realesrgan", show_default=True,
+              help="Generator; or package.module:ClassName of your own Generator subclass.")
 @click.option("--weights", "generator_weights", default=None,
               help="Generator weights (realesrgan: .param/.pth/.safetensors; osediff/refdsr: SD-2.1-base folder, s3:// or hub id).")
 @click.option("--osediff-weights", default=None, help="OSEDiff LoRA (osediff.pkl or converted folder).")
@@ -188,32 +200,53 @@ def search(image, db, k, table, category, encoder_weights, as_json) -> None:
 @click.option("--tile", type=int, default=256, show_default=True, help="Tile size in input pixels (0 = never tile).")
 @click.option("--tile-overlap", type=int, default=32, show_default=True)
 @click.option("--color-fix", type=click.Choice(["none", "adain", "wavelet"]), default="none", show_default=True)
-@click.option("--format", "output_format", type=click.Choice(["png", "jpg", "webp"]), default="png", show_default=True)
+@click.option("--format", "output_format", type=click.Choice(["png", "jpg", "webp", "webp-lossless"]), default="png",
+              show_default=True, help="Output format (png and webp-lossless keep every pixel; see docs/PERFORMANCE.md).")
+@click.option("--png-level", type=click.IntRange(0, 9), default=1, show_default=True,
+              help="PNG zlib level: 1 writes several times faster than 6 for files a few per cent larger; same pixels.")
+@click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="jpg / lossy webp quality.")
 @click.option("--precision", "dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
 @click.option("--max-pixels", type=int, default=None, help="Inputs above this many pixels fail with a reason (default 40M).")
 @click.option("--tagger", default="category", show_default=True, help="Prompt tagger for diffusion generators: category|none|ram:PATH.")
 @worker_options
 def enhance(input, output, db, table, generator, generator_weights, osediff_weights, refdsr_weights, fusion_scale,
             top_k, min_similarity, category_filter, shard_size, batch_size, tile, tile_overlap, color_fix,
-            output_format, dtype, max_pixels, tagger, workers, gpus_per_worker, worker_resources, ray_address) -> None:
+            output_format, png_level, quality, dtype, max_pixels, tagger, workers, gpus_per_worker, worker_resources,
+            ray_address) -> None:
     """Enhance every photo under INPUT into OUTPUT (folders or s3:// prefixes).
 
     Writes OUTPUT/images/<input path>.<format>, a Parquet manifest row per input and a done-marker per
     shard. Re-running skips finished shards; a crashed run resumes where it stopped."""
-    from flows.enhance import enhance_archive
+    # Checked and planned before Prefect or Ray start: a mistake is reported at once, and a rerun with
+    # nothing new finishes without starting any engine or loading any model.
+    from rasr import enhance as E
     from rasr.images import DEFAULT_MAX_PIXELS
 
     options = {k: v for k, v in {"osediff_weights": osediff_weights, "refdsr_weights": refdsr_weights,
                                  "fusion_scale": fusion_scale}.items() if v is not None}
+    params = dict(db=db, table=table, generator=generator, generator_weights=generator_weights,
+                  generator_options=options, top_k=top_k, min_similarity=min_similarity,
+                  category_filter=category_filter, tile=tile, overlap=tile_overlap, color_fix=color_fix,
+                  output_format=output_format, png_level=png_level, quality=quality,
+                  max_pixels=max_pixels or DEFAULT_MAX_PIXELS, dtype=dtype, tagger=tagger, batch_size=batch_size)
     try:
-        summary = enhance_archive(input, output, db=db, table=table, generator=generator,
-                                  generator_weights=generator_weights, generator_options=options, top_k=top_k,
-                                  min_similarity=min_similarity, category_filter=category_filter, tile=tile,
-                                  overlap=tile_overlap, color_fix=color_fix, output_format=output_format,
-                                  max_pixels=max_pixels or DEFAULT_MAX_PIXELS, dtype=dtype, tagger=tagger,
-                                  shard_size=shard_size, batch_size=batch_size, workers=workers,
-                                  gpus_per_worker=gpus_per_worker, worker_resources=_resources(worker_resources),
-                                  ray_address=ray_address, show_progress=True)
+        resources = _resources(worker_resources)
+        E.check_inputs(E.EnhanceConfig(**params), input, output, shard_size)
+        work = E.plan(E.EnhanceConfig(**params), input, output, shard_size)
+    except (E.UsageError, ValueError) as e:
+        raise click.UsageError(str(e)) from None
+    except Exception as e:  # noqa: BLE001
+        _fail(e)
+    if not work.shards:
+        click.echo(f"nothing new: all {len(work.items)} inputs are done under this configuration")
+        _print_summary("enhance summary", {"inputs": len(work.items), "already_done": len(work.items),
+                                           "processed": 0}, ["inputs", "already_done", "processed"])
+        sys.exit(0)
+    from flows.enhance import enhance_archive
+
+    try:
+        summary = enhance_archive(input, output, shard_size=shard_size, workers=workers, gpus_per_worker=gpus_per_worker,
+                                  worker_resources=resources, ray_address=ray_address, show_progress=True, **params)
     except Exception as e:  # noqa: BLE001
         _fail(e)
     for err in summary["errors"][:50]:

@@ -20,12 +20,10 @@ import pyarrow.parquet as pq
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows._common import flow_setup, new_run_id, publish_summary, run_bounded
+from flows._common import flow_setup, new_run_id, process_shards, publish_summary
 from rasr import catalog, images, manifest, metrics, report, runlog, storage
 from rasr.evaluate import EVAL_SCHEMA, REF_MODES, RETRIEVAL_DIR, RETRIEVAL_SCHEMA, EvalConfig
-from tasks import progress
-from tasks.actors import EvalActor, actor_pool
-from tasks.shards import run_shard
+from tasks.actors import EvalActor
 
 TABLE5_ENCODERS = ("vgg16", "clip", "dinov2", "efficientnet-lite0")
 
@@ -155,18 +153,9 @@ def evaluate(hr: str, out: str, methods: list[str] = ("bicubic", "realesrgan"), 
     todo = sum(len(s.items) for s in shards)
     log.info(f"{len(items)} test images, {len(items) - todo} already evaluated, {todo} to go in {len(shards)} shards")
     schemas = {catalog.MANIFEST_DIR: EVAL_SCHEMA, RETRIEVAL_DIR: RETRIEVAL_SCHEMA}
-    results, failures = [], []
-    if shards:
-        key = f"evaluate-{run_id}"
-        progress.start(key, todo, "evaluating", show_progress)
-        try:
-            with actor_pool(EvalActor, vars(cfg), workers=workers, gpus_per_worker=gpus_per_worker,
-                            resources=worker_resources, address=ray_address) as pool:
-                submit = lambda sh: run_shard.submit(sh.to_dict(), out, run_id, cfg_hash, pool, 1,  # noqa: E731
-                                                     schemas, key)
-                results, failures = run_bounded(shards, submit, pool.spec.workers + 1)
-        finally:
-            progress.close(key)
+    results, failures, _ = process_shards(
+        EvalActor, vars(cfg), shards, out, run_id, cfg_hash, schemas, 1, "evaluating", show_progress,
+        workers=workers, gpus_per_worker=gpus_per_worker, resources=worker_resources, address=ray_address)
 
     # summaries over everything evaluated under this config (this run and earlier, resumed ones)
     rows = manifest.read_table(out, catalog.MANIFEST_DIR, EVAL_SCHEMA).to_pandas()

@@ -6,9 +6,6 @@ wavelet: keep the output's high frequencies, take the low frequencies from the u
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
 COLOR_FIXES = ("none", "adain", "wavelet")
 
 
@@ -21,6 +18,9 @@ def adain(out: torch.Tensor, ref: torch.Tensor, eps: float = 1e-5) -> torch.Tens
 
 def _blur(x: torch.Tensor, radius: int) -> torch.Tensor:
     # 3x3 binomial kernel dilated by `radius`: one level of an a-trous wavelet decomposition
+    import torch  # here, not at the top: checking a colour-fix name must not cost a torch import
+    import torch.nn.functional as F
+
     k = torch.tensor([[1, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=x.dtype, device=x.device) / 16.0
     k = k.view(1, 1, 3, 3).repeat(x.shape[1], 1, 1, 1)
     mode = "reflect" if radius < min(x.shape[-2:]) else "replicate"  # reflect needs pad < size

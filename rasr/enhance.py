@@ -8,6 +8,16 @@ shell around it, and a notebook can use it directly:
 
 Every input yields exactly one manifest row; a bad input yields a row with status "error" and the
 reason, never an exception that would lose the rest of the batch.
+
+`process` is a pipeline, so the model never waits for the CPU work around it:
+
+    reader threads      read + sha256 + decode the next inputs       (bounded look-ahead)
+    prepare thread      embed + retrieve + load references + prompts  (batch i+1)
+    calling thread      restore on the generator's device             (batch i)
+    writer threads      encode + write the finished outputs           (bounded queue)
+
+Pillow and zlib release the GIL, so the threads overlap on real cores. Inputs of one size are
+batched together; memory holds at most `lookahead` decoded inputs plus the batches in flight.
 """
 
 from __future__ import annotations
@@ -16,8 +26,10 @@ import datetime as dt
 import hashlib
 import os
 import socket
+import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -45,7 +57,9 @@ class EnhanceConfig:
     tile: int = 256                  # LR tile size for pixel tiling (0 = off)
     overlap: int = 32
     color_fix: str = "none"
-    output_format: str = "png"
+    output_format: str = "png"      # png | jpg | webp | webp-lossless
+    png_level: int = images.DEFAULT_PNG_LEVEL   # zlib level: pixels are identical at every level
+    quality: int = images.DEFAULT_QUALITY       # jpg / lossy webp
     max_pixels: int = images.DEFAULT_MAX_PIXELS
     dtype: str = "fp32"
     tagger: str = "category"
@@ -54,13 +68,124 @@ class EnhanceConfig:
 
     def identity(self) -> dict:
         d = asdict(self)
-        for k in ("device", "batch_size", "db"):
+        # png_level never changes pixels; quality only matters for lossy formats (95 was implicit before
+        # it was an option, so leaving it out at 95 keeps earlier runs' hashes and their resume)
+        for k in ("device", "batch_size", "db", "png_level", "quality"):
             d.pop(k)
+        if images.is_lossy(self.output_format) and self.quality != images.DEFAULT_QUALITY:
+            d["quality"] = self.quality
         d["db"] = storage.redact(self.db) if self.db else None
         return d
 
+    def encoding(self) -> images.Encoding:
+        return images.Encoding(self.output_format, png_level=self.png_level, quality=self.quality)
+
     def hash(self) -> str:
         return catalog.config_hash(self.identity())
+
+
+class UsageError(ValueError):
+    """An argument that cannot work (the CLI exits 2); the message names it and the fix."""
+
+
+def check_inputs(cfg: EnhanceConfig, input: str, output: str, shard_size: int = 64) -> None:
+    """Validate every argument before any engine starts: a mistake is reported in about a second,
+    not after Prefect, Ray and the models have started (or, worse, after the work is done)."""
+    from rasr.colorfix import COLOR_FIXES
+    from rasr.generators import GENERATORS
+
+    if cfg.generator not in GENERATORS and ":" not in cfg.generator:  # module:Class = a custom generator
+        raise UsageError(f"unknown generator {cfg.generator!r}: choose one of {', '.join(GENERATORS)}")
+    if cfg.color_fix not in COLOR_FIXES:
+        raise UsageError(f"unknown colour fix {cfg.color_fix!r}: choose one of {', '.join(COLOR_FIXES)}")
+    try:
+        cfg.encoding()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    for name, value, low in (("--top-k", cfg.top_k, 1), ("--batch-size", cfg.batch_size, 1),
+                             ("--shard-size", shard_size, 1), ("--tile", cfg.tile, 0),
+                             ("--tile-overlap", cfg.overlap, 0), ("--max-pixels", cfg.max_pixels, 1)):
+        if value < low:
+            raise UsageError(f"{name} must be >= {low}, got {value}")
+    if cfg.tile and cfg.overlap * 2 >= cfg.tile:
+        raise UsageError(f"--tile-overlap {cfg.overlap} must be under half of --tile {cfg.tile}")
+    if not -1.0 <= cfg.min_similarity <= 1.0:
+        raise UsageError(f"--min-similarity is a cosine similarity in [-1, 1], got {cfg.min_similarity}")
+    if cfg.generator == "refdsr" and not cfg.db:
+        raise UsageError("generator 'refdsr' restores with references: pass --db GALLERY_DB (index one with `rasr index`)")
+    _check_locations(input, output)
+    if cfg.db:
+        _check_gallery(cfg.db, cfg.table)
+
+
+def _check_locations(input: str, output: str) -> None:
+    fs, path = storage.filesystem(input)
+    if not fs.exists(path):
+        raise UsageError(f"input {storage.redact(input)} does not exist: check the path or prefix")
+    if storage.is_remote(output):
+        ofs, opath = storage.filesystem(output)
+        if ofs.isfile(opath):
+            raise UsageError(f"output {storage.redact(output)} is a file: give a folder or prefix")
+    else:
+        if os.path.lexists(output) and not os.path.isdir(output):
+            what = "a dangling symlink" if os.path.islink(output) and not os.path.exists(output) else "not a folder"
+            raise UsageError(f"output {output} is {what}: give a folder (it is created if missing)")
+        parent = os.path.dirname(os.path.abspath(output))
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+            raise UsageError(f"output {output} cannot be created: {parent} is not a writable folder")
+    if storage.is_remote(input) == storage.is_remote(output):
+        if storage.is_remote(input):
+            norm = lambda u: u.rstrip("/") + "/"  # noqa: E731
+        else:  # resolved real paths: a symlinked OUTPUT inside INPUT is still inside it
+            norm = lambda u: os.path.realpath(u) + os.sep  # noqa: E731
+        if norm(output).startswith(norm(input)):
+            raise UsageError(f"output {storage.redact(output)} is inside input {storage.redact(input)}: "
+                             f"outputs would be re-read as inputs")
+
+
+def _check_gallery(db: str, table: str | None) -> None:
+    """The DB exists and holds the table (from its listing: no LanceDB import, nothing created)."""
+    fs, path = storage.filesystem(db)
+    shown = storage.redact(db)
+    if not fs.exists(path):
+        raise UsageError(f"--db {shown} does not exist: index a gallery first (`rasr index GALLERY --db {shown}`)")
+    if fs.isfile(path):
+        raise UsageError(f"--db {shown} is a file, not a LanceDB folder: pass the folder `rasr index` wrote")
+    names = sorted(n[:-len(".lance")] for n in (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+                   if n.endswith(".lance"))
+    if not names:
+        raise UsageError(f"no gallery tables in {shown}: run `rasr index GALLERY --db {shown}` first")
+    if table and table not in names and not any(n.startswith(f"{table}__") for n in names):
+        raise UsageError(f"no table {table!r} in {shown}; tables there: {', '.join(names)}")
+    if not table and len(names) > 1:
+        raise UsageError(f"{shown} holds several tables ({', '.join(names)}): pass --table NAME")
+
+
+@dataclass
+class Plan:
+    """What a run will do: the inputs listed, those in scope, and shards of the ones not yet done."""
+
+    listed: int
+    items: list[Item]
+    shards: list[catalog.Shard]
+
+    @property
+    def todo(self) -> int:
+        return sum(len(s.items) for s in self.shards)
+
+
+def plan(cfg: EnhanceConfig, input: str, output: str, shard_size: int, since: float | None = None) -> Plan:
+    """List inputs, drop those finished shards cover (same config, same size and mtime), shard the rest.
+
+    since: only inputs modified at or after this epoch time (the nightly watermark)."""
+    items = catalog.list_inputs(input)
+    listed = len(items)
+    if since is not None:
+        items = [i for i in items if (storage.mtime_seconds(i.mtime) or float("inf")) >= since]
+    done = catalog.covered(catalog.done_markers(output), cfg.hash())
+    return Plan(listed, items, catalog.plan(items, done, cfg.hash(), shard_size))
 
 
 def sha256(data: bytes) -> str:
@@ -76,14 +201,38 @@ def input_category(relpath: str) -> str | None:
     return parts[0] if len(parts) > 1 else None
 
 
-class EnhanceWorker:
-    """Loads the models once; `process` turns a list of inputs into outputs + manifest rows."""
+class _Inline:
+    """An executor that runs each call at once in the caller's thread (`overlap=False`)."""
 
-    def __init__(self, cfg: EnhanceConfig):
+    def submit(self, fn, *args, **kwargs) -> Future:
+        fut: Future = Future()
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except BaseException as e:  # noqa: BLE001 - handed to whoever reads the future, as a pool would
+            fut.set_exception(e)
+        return fut
+
+    def shutdown(self, wait: bool = True) -> None:
+        pass
+
+
+class EnhanceWorker:
+    """Loads the models once; `process` turns a list of inputs into outputs + manifest rows.
+
+    io_threads: reader and writer threads each (default: from the CPUs this process may use).
+    overlap=False runs every stage in the calling thread, one after the other (same rows, same bytes)."""
+
+    def __init__(self, cfg: EnhanceConfig, io_threads: int | None = None, overlap: bool = True):
         from rasr.generators import Restorer, load_generator
 
         self.cfg = cfg
         self.cfg_hash = cfg.hash()
+        self.encoding = cfg.encoding()
+        options = dict(cfg.generator_options)
+        if cfg.generator in ("osediff", "refdsr"):
+            options.setdefault("tagger", "null" if cfg.tagger == "none" else cfg.tagger)
+        self.generator = load_generator(cfg.generator, weights=cfg.generator_weights, device=cfg.device,
+                                        dtype=cfg.dtype, **options)
         self.gallery = None
         self.encoder = None
         if cfg.db:
@@ -91,12 +240,9 @@ class EnhanceWorker:
             from rasr.gallery import Gallery
 
             self.gallery = Gallery.open(cfg.db, cfg.table)
-            self.encoder = load_encoder(self.gallery.encoder, weights=cfg.encoder_weights, device=cfg.device)
-        options = dict(cfg.generator_options)
-        if cfg.generator in ("osediff", "refdsr"):
-            options.setdefault("tagger", "null" if cfg.tagger == "none" else cfg.tagger)
-        self.generator = load_generator(cfg.generator, weights=cfg.generator_weights, device=cfg.device,
-                                        dtype=cfg.dtype, **options)
+            # on the generator's device: on a GPU worker the CPU is busy enough decoding and encoding
+            self.encoder = load_encoder(self.gallery.encoder, weights=cfg.encoder_weights,
+                                        device=str(self.generator.device))
         if self.generator.uses_reference and self.gallery is None:
             raise ValueError(f"generator {cfg.generator!r} uses references: pass --db GALLERY_DB")
         self.restorer = Restorer(self.generator, tile=cfg.tile, overlap=cfg.overlap, color_fix=cfg.color_fix,
@@ -104,6 +250,166 @@ class EnhanceWorker:
         self._tagger = getattr(self.generator, "tagger", None)  # text-conditioned generators carry one
         self._refs: OrderedDict[str, np.ndarray] = OrderedDict()
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.batch_size = max(1, cfg.batch_size)
+        n = io_threads or default_io_threads()
+        self.lookahead = self.batch_size + n       # inputs being read ahead of the model, at most
+        self.max_writes = 2 * self.batch_size + n  # finished outputs waiting to be written, at most
+        if overlap:
+            self._readers = ThreadPoolExecutor(n, thread_name_prefix="rasr-read")
+            self._writers = ThreadPoolExecutor(n, thread_name_prefix="rasr-write")
+            self._preparer = ThreadPoolExecutor(1, thread_name_prefix="rasr-prepare")
+        else:
+            self._readers = self._writers = self._preparer = _Inline()
+        # concurrent process() calls (a threaded Ray actor) share one encoder and one generator
+        self._prepare_lock = threading.Lock()
+        self._model_lock = threading.Lock()
+
+    def close(self) -> None:
+        for pool in (self._readers, self._writers, self._preparer):
+            pool.shutdown(wait=True)
+
+    # ---- the work ------------------------------------------------------------------------------
+    def process(self, items: list[Item], out: str, shard_id: str, run_id: str) -> list[dict]:
+        """Enhance `items`, write their outputs under `out`, return one manifest row per item (in order)."""
+        rows = [self._row(item, shard_id, run_id) for item in items]
+        writes: deque[Future] = deque()
+        prepared: deque[tuple[list, Future]] = deque()  # batches whose retrieval runs ahead of the model
+        for batch in self._batches(items, rows):
+            prepared.append((batch, self._preparer.submit(self._prepare, batch)))
+            if len(prepared) > 1:
+                self._restore_and_write(*prepared.popleft(), out, writes)
+        while prepared:
+            self._restore_and_write(*prepared.popleft(), out, writes)
+        for fut in writes:
+            fut.result()
+        return rows
+
+    def _batches(self, items: list[Item], rows: list[dict]):
+        """Decoded inputs in batches of one size: full batches as soon as they fill, others when the
+        look-ahead is used up. Reading runs `lookahead` inputs ahead on the reader threads."""
+        todo = iter(zip(items, rows))
+        reading: deque[Future] = deque()
+        held: dict[tuple, list] = {}  # (h, w) -> [(row, decoded)] waiting for a full batch
+        hold = 2 * self.batch_size    # mixed sizes: how many to keep looking for same-size partners
+
+        def read_ahead():
+            while len(reading) < self.lookahead and (nxt := next(todo, None)) is not None:
+                reading.append(self._readers.submit(self._load, *nxt))
+
+        read_ahead()
+        while reading:
+            loaded = reading.popleft().result()
+            read_ahead()
+            if loaded is None:
+                continue
+            size = loaded[1].rgb.shape[:2]
+            held.setdefault(size, []).append(loaded)
+            if len(held[size]) >= self.batch_size:
+                yield held.pop(size)
+            elif sum(map(len, held.values())) >= hold:
+                yield held.pop(max(held, key=lambda k: len(held[k])))
+        yield from held.values()
+
+    def _load(self, item: Item, row: dict) -> tuple[dict, images.Decoded] | None:
+        """Read + hash + decode one input; None (with the row filled in) when it cannot go on."""
+        t0 = time.perf_counter()
+        if not item.is_image:
+            row.update(status="skipped", processed_at=_now(),
+                       error=f"not an image file extension ({os.path.splitext(item.relpath)[1] or 'none'})")
+            return None
+        try:
+            data = storage.read_bytes(item.uri)
+        except Exception as e:  # noqa: BLE001 - storage errors become the row's reason
+            row.update(status="error", error=f"cannot read: {storage.redact(e)}", processed_at=_now())
+            return None
+        t1 = time.perf_counter()
+        row["sha256"] = sha256(data)
+        row["timings_ms"]["read"] = (t1 - t0) * 1e3
+        try:
+            dec = images.decode_image(data, max_pixels=self.cfg.max_pixels)
+        except images.ImageError as e:
+            row.update(status="error", error=str(e), processed_at=_now())
+            return None
+        row.update(width=dec.width, height=dec.height, source_mode=dec.source_mode, alpha=dec.alpha is not None)
+        row["timings_ms"]["decode"] = (time.perf_counter() - t1) * 1e3
+        return row, dec
+
+    def _prepare(self, batch: list[tuple[dict, images.Decoded]]) -> tuple[list, list[str]]:
+        """Embed + retrieve (one search for the batch), then each input's reference image and prompt."""
+        with self._prepare_lock:
+            self._retrieve(batch)
+            refs, prompts = [], []
+            for row, dec in batch:
+                try:
+                    ref = self._reference(row["ref_uris"][0]) if row["ref_used"] else None
+                except Exception as e:  # noqa: BLE001 - a broken reference file: fall back to no reference
+                    ref, row["ref_used"] = None, False
+                    row["error"] = f"reference unreadable, ran without: {storage.redact(e)}"
+                refs.append(ref)
+                prompts.append(self._prompt(row, dec, ref))
+                row["prompt"] = prompts[-1]
+            return refs, prompts
+
+    def _retrieve(self, batch: list[tuple[dict, images.Decoded]]) -> None:
+        if self.gallery is None:
+            return
+        t0 = time.perf_counter()
+        vecs = self.encoder.encode([dec.rgb for _, dec in batch])
+        t1 = time.perf_counter()
+        categories = [input_category(row["relpath"]) if self.cfg.category_filter else None for row, _ in batch]
+        found = self.gallery.search(vecs, k=self.cfg.top_k, exclude_ids=[row["sha256"] for row, _ in batch],
+                                    category=categories)
+        t2 = time.perf_counter()
+        for (row, _), hits in zip(batch, found):
+            row.update(ref_ids=[h.id for h in hits], ref_uris=[h.uri for h in hits],
+                       ref_similarities=[h.similarity for h in hits], ref_categories=[h.category for h in hits])
+            row["ref_used"] = bool(hits) and self.generator.uses_reference and hits[0].similarity >= self.cfg.min_similarity
+            row["timings_ms"].update(embed=(t1 - t0) * 1e3 / len(batch), retrieve=(t2 - t1) * 1e3 / len(batch))
+
+    def _restore_and_write(self, batch: list[tuple[dict, images.Decoded]], prepared: Future, out: str,
+                           writes: deque[Future]) -> None:
+        refs, prompts = prepared.result()
+        lrs = [dec.rgb for _, dec in batch]
+        t0 = time.perf_counter()
+        with self._model_lock:
+            try:
+                outs = self.restorer.restore(lrs, refs, prompts)
+            except Exception:  # noqa: BLE001 - isolate the failing input(s) by retrying one at a time
+                outs = []
+                for (row, _), lr, ref, prompt in zip(batch, lrs, refs, prompts):
+                    try:
+                        outs.append(self.restorer.restore([lr], [ref], [prompt])[0])
+                    except Exception as e:  # noqa: BLE001
+                        row.update(status="error", error=f"generator failed: {e.__class__.__name__}: {e}")
+                        outs.append(None)
+        t_restore = (time.perf_counter() - t0) * 1e3
+        pixels = sum(d.width * d.height for _, d in batch) or 1
+        for (row, dec), hr in zip(batch, outs):
+            row["timings_ms"]["restore"] = t_restore * dec.width * dec.height / pixels
+            if hr is None:
+                row["processed_at"] = _now()
+                continue
+            while len(writes) >= self.max_writes:  # bounded: a slow store slows the model, not memory
+                writes.popleft().result()
+            writes.append(self._writers.submit(self._write, row, dec, hr, out))
+
+    def _write(self, row: dict, dec: images.Decoded, hr: np.ndarray, out: str) -> None:
+        t0 = time.perf_counter()
+        try:
+            h, w = hr.shape[:2]
+            alpha = images.resize_alpha(dec.alpha, w, h) if dec.alpha is not None else None
+            data = images.encode_image(hr, self.encoding, alpha=alpha, grayscale=dec.grayscale)
+            t1 = time.perf_counter()
+            uri = catalog.output_uri(out, row["relpath"], self.encoding.extension)
+            storage.write_bytes(uri, data)
+            row.update(output_uri=uri, out_width=w, out_height=h, status="ok",
+                       output_encoding=self.encoding.describe(alpha is not None))
+            row["timings_ms"].update(encode=(t1 - t0) * 1e3, write=(time.perf_counter() - t1) * 1e3)
+        except Exception as e:  # noqa: BLE001
+            row.update(status="error", error=f"cannot write output: {storage.redact(e)}")
+        row["processed_at"] = _now()
+        t = row["timings_ms"]
+        t["total"] = sum(v for k, v in t.items() if k != "total")
 
     # ---- helpers -------------------------------------------------------------------------------
     def _reference(self, uri: str) -> np.ndarray:
@@ -129,56 +435,6 @@ class EnhanceWorker:
                    fusion_scale=self.generator.info().get("fusion_scale"))
         return row
 
-    # ---- the work ------------------------------------------------------------------------------
-    def process(self, items: list[Item], out: str, shard_id: str, run_id: str) -> list[dict]:
-        """Enhance `items`, write their outputs under `out`, return one manifest row per item."""
-        rows, live = [], []  # live: (row, decoded) for inputs that decoded fine
-        for item in items:
-            t0 = time.perf_counter()
-            row = self._row(item, shard_id, run_id)
-            rows.append(row)
-            if not item.is_image:
-                row.update(status="skipped", error=f"not an image file extension ({os.path.splitext(item.relpath)[1] or 'none'})")
-                row["processed_at"] = _now()
-                continue
-            try:
-                data = storage.read_bytes(item.uri)
-            except Exception as e:  # noqa: BLE001 - storage errors become the row's reason
-                row.update(status="error", error=f"cannot read: {storage.redact(e)}", processed_at=_now())
-                continue
-            t1 = time.perf_counter()
-            row["sha256"] = sha256(data)
-            try:
-                dec = images.decode_image(data, max_pixels=self.cfg.max_pixels)
-            except images.ImageError as e:
-                row.update(status="error", error=str(e), processed_at=_now())
-                row["timings_ms"].update(read=(t1 - t0) * 1e3)
-                continue
-            t2 = time.perf_counter()
-            row.update(width=dec.width, height=dec.height, source_mode=dec.source_mode, alpha=dec.alpha is not None)
-            row["timings_ms"].update(read=(t1 - t0) * 1e3, decode=(t2 - t1) * 1e3)
-            live.append((row, dec))
-        if live:
-            self._retrieve(live)
-            self._restore_and_write(live, out)
-        return rows
-
-    def _retrieve(self, live: list[tuple[dict, images.Decoded]]) -> None:
-        if self.gallery is None:
-            return
-        t0 = time.perf_counter()
-        vecs = self.encoder.encode([dec.rgb for _, dec in live])
-        t1 = time.perf_counter()
-        for (row, _), vec in zip(live, vecs):
-            category = input_category(row["relpath"]) if self.cfg.category_filter else None
-            hits = self.gallery.search(vec[None], k=self.cfg.top_k, exclude_ids=[row["sha256"]], category=category)[0]
-            row.update(ref_ids=[h.id for h in hits], ref_uris=[h.uri for h in hits],
-                       ref_similarities=[h.similarity for h in hits], ref_categories=[h.category for h in hits])
-            row["ref_used"] = bool(hits) and self.generator.uses_reference and hits[0].similarity >= self.cfg.min_similarity
-        t2 = time.perf_counter()
-        for row, _ in live:
-            row["timings_ms"].update(embed=(t1 - t0) * 1e3 / len(live), retrieve=(t2 - t1) * 1e3 / len(live))
-
     def _prompt(self, row: dict, dec: images.Decoded, ref: np.ndarray | None) -> str:
         if self._tagger is None:
             return ""
@@ -190,53 +446,9 @@ class EnhanceWorker:
         row["tagger"] = self._tagger.name
         return build_prompt(lr_tags, ref_tags)
 
-    def _restore_and_write(self, live: list[tuple[dict, images.Decoded]], out: str) -> None:
-        refs, prompts, ok = [], [], []
-        for row, dec in live:
-            try:
-                ref = self._reference(row["ref_uris"][0]) if row["ref_used"] else None
-            except Exception as e:  # noqa: BLE001 - a broken reference file: fall back to no reference
-                ref, row["ref_used"] = None, False
-                row["error"] = f"reference unreadable, ran without: {storage.redact(e)}"
-            refs.append(ref)
-            prompts.append(self._prompt(row, dec, ref))
-            row["prompt"] = prompts[-1]
-            ok.append((row, dec))
-        t0 = time.perf_counter()
-        try:
-            outs = self.restorer.restore([d.rgb for _, d in ok], refs, prompts)
-        except Exception:  # noqa: BLE001 - isolate the failing input(s) by retrying one at a time
-            outs = []
-            for (row, dec), ref, prompt in zip(ok, refs, prompts):
-                try:
-                    outs.append(self.restorer.restore([dec.rgb], [ref], [prompt])[0])
-                except Exception as e:  # noqa: BLE001
-                    row.update(status="error", error=f"generator failed: {e.__class__.__name__}: {e}")
-                    outs.append(None)
-        t_restore = (time.perf_counter() - t0) * 1e3
-        pixels = sum(d.width * d.height for _, d in ok) or 1
-        for (row, dec), hr in zip(ok, outs):
-            row["timings_ms"]["restore"] = t_restore * dec.width * dec.height / pixels
-            if hr is None:
-                row["processed_at"] = _now()
-                continue
-            try:
-                self._write(row, dec, hr, out)
-                row["status"] = "ok"
-            except Exception as e:  # noqa: BLE001
-                row.update(status="error", error=f"cannot write output: {storage.redact(e)}")
-            row["processed_at"] = _now()
-            t = row["timings_ms"]
-            t["total"] = sum(v for k, v in t.items() if k != "total")
 
-    def _write(self, row: dict, dec: images.Decoded, hr: np.ndarray, out: str) -> None:
-        t0 = time.perf_counter()
-        h, w = hr.shape[:2]
-        alpha = images.resize_alpha(dec.alpha, w, h) if dec.alpha is not None else None
-        data = images.encode_image(hr, self.cfg.output_format, alpha=alpha, grayscale=dec.grayscale)
-        t1 = time.perf_counter()
-        uri = catalog.output_uri(out, row["relpath"], self.cfg.output_format)
-        storage.write_bytes(uri, data)
-        t2 = time.perf_counter()
-        row.update(output_uri=uri, out_width=w, out_height=h)
-        row["timings_ms"].update(encode=(t1 - t0) * 1e3, write=(t2 - t1) * 1e3)
+def default_io_threads() -> int:
+    """Reader/writer threads: twice the CPUs torch may use here (I/O waits and GIL-free codecs)."""
+    import torch
+
+    return max(2, min(16, 2 * torch.get_num_threads()))

@@ -101,23 +101,71 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = 
     return Decoded(rgb=rgb, alpha=alpha, grayscale=grayscale, source_mode=mode)
 
 
-OUTPUT_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
+OUTPUT_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "webp-lossless": "WEBP"}
+LOSSY_FORMATS = ("jpg", "jpeg", "webp")
+# Chosen by bench/encoding.py on real 512 px outputs (docs/PERFORMANCE.md): zlib level 1 writes PNGs
+# several times faster than level 6 for files a few per cent larger; every level decodes to the same pixels.
+DEFAULT_PNG_LEVEL = 1
+DEFAULT_QUALITY = 95
 
 
-def encode_image(rgb: np.ndarray, fmt: str = "png", alpha: np.ndarray | None = None,
-                 grayscale: bool = False, quality: int = 95) -> bytes:
-    """Encode (H, W, 3) uint8 (+ alpha) to PNG/JPEG/WebP bytes."""
-    fmt = fmt.lower()
-    if fmt not in OUTPUT_FORMATS:
-        raise ValueError(f"unknown output format {fmt!r}: choose one of {sorted(OUTPUT_FORMATS)}")
+def is_lossy(fmt: str) -> bool:
+    return fmt.lower() in LOSSY_FORMATS
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How outputs are written: format plus its one knob (PNG zlib level, or JPEG/WebP quality)."""
+
+    format: str = "png"
+    png_level: int = DEFAULT_PNG_LEVEL
+    quality: int = DEFAULT_QUALITY
+
+    def __post_init__(self):
+        fmt = self.format.lower()
+        if fmt not in OUTPUT_FORMATS:
+            raise ValueError(f"unknown output format {self.format!r}: choose one of {', '.join(OUTPUT_FORMATS)}")
+        if not 0 <= self.png_level <= 9:
+            raise ValueError(f"PNG compress level must be 0-9, got {self.png_level}")
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"quality must be 1-100, got {self.quality}")
+        object.__setattr__(self, "format", fmt)
+
+    @property
+    def extension(self) -> str:
+        """File extension of outputs (webp-lossless files are .webp)."""
+        return "webp" if self.format == "webp-lossless" else self.format
+
+    def save_options(self) -> dict:
+        pil = OUTPUT_FORMATS[self.format]
+        if self.format == "webp-lossless":
+            return {"lossless": True, "quality": 100, "method": 1}  # method 1: fast, still lossless
+        if pil in ("JPEG", "WEBP"):
+            return {"quality": self.quality}
+        return {"compress_level": self.png_level}
+
+    def describe(self, alpha: bool = False) -> str:
+        """What the manifest records, e.g. 'png level=1', 'jpg quality=95'."""
+        if self.format == "png":
+            text = f"png level={self.png_level}"
+        elif self.format == "webp-lossless":
+            text = "webp lossless"
+        else:
+            text = f"{self.format} quality={self.quality}"
+        return text + (" +alpha" if alpha and OUTPUT_FORMATS[self.format] != "JPEG" else "")
+
+
+def encode_image(rgb: np.ndarray, fmt: "str | Encoding" = "png", alpha: np.ndarray | None = None,
+                 grayscale: bool = False, quality: int = DEFAULT_QUALITY) -> bytes:
+    """Encode (H, W, 3) uint8 (+ alpha) to PNG/JPEG/WebP bytes; `fmt` is a format name or an Encoding."""
+    enc = fmt if isinstance(fmt, Encoding) else Encoding(fmt, quality=quality)
     img = Image.fromarray(rgb, mode="RGB")
     if grayscale:
         img = img.convert("L")
-    if alpha is not None and OUTPUT_FORMATS[fmt] != "JPEG":
+    if alpha is not None and OUTPUT_FORMATS[enc.format] != "JPEG":
         img.putalpha(Image.fromarray(alpha, mode="L"))
     buf = io.BytesIO()
-    kwargs = {"quality": quality} if OUTPUT_FORMATS[fmt] in ("JPEG", "WEBP") else {"compress_level": 6}
-    img.save(buf, format=OUTPUT_FORMATS[fmt], **kwargs)
+    img.save(buf, format=OUTPUT_FORMATS[enc.format], **enc.save_options())
     return buf.getvalue()
 
 

@@ -33,6 +33,7 @@ SCHEMA = pa.schema([
     pa.field("fusion_scale", pa.float32()),
     pa.field("timings_ms", pa.struct([pa.field(n, pa.float32()) for n in TIMING_FIELDS])),
     pa.field("output_uri", pa.string()),
+    pa.field("output_encoding", pa.string()),     # how the output was written, e.g. "png level=1"
     pa.field("width", pa.int32()),
     pa.field("height", pa.int32()),
     pa.field("out_width", pa.int32()),
@@ -66,12 +67,17 @@ def shard_table_uri(out: str, name: str, shard_id: str) -> str:
     return storage.join(out, name, f"shard={shard_id}", "part-0.parquet")
 
 
-def read_table(out: str, name: str, schema: pa.Schema) -> pa.Table:
-    """Every shard file of table `name` under <out> (e.g. manifest), concatenated."""
+def read_table(out: str, name: str, schema: pa.Schema, shard_ids: list[str] | None = None) -> pa.Table:
+    """Every shard file of table `name` under <out> (e.g. manifest), concatenated; or only those of
+    `shard_ids` (a run's own shards: no need to read the whole archive's manifest)."""
     fs, base = storage.filesystem(storage.join(out, name))
     if not fs.exists(base):
         return schema.empty_table()
-    files = sorted(p for p in fs.find(base) if p.endswith(".parquet"))
+    if shard_ids is None:
+        files = sorted(p for p in fs.find(base) if p.endswith(".parquet"))
+    else:
+        files = [path for sid in shard_ids
+                 if fs.exists(path := storage.filesystem(shard_table_uri(out, name, sid))[1])]
     if not files:
         return schema.empty_table()
     if storage.is_remote(out):

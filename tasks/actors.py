@@ -93,15 +93,18 @@ class _Located:
         return {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "pid": os.getpid()}
 
 
-@ray.remote(max_restarts=1, max_task_retries=1)
+# Two calls at once: while one call's last outputs are encoded and written, the next call's first
+# inputs are already being read, so the model does not idle between calls (the worker's locks keep
+# one batch at a time on the encoder and on the generator).
+@ray.remote(max_restarts=1, max_task_retries=1, max_concurrency=2)
 class EnhanceActor(_Located):
-    """Holds an EnhanceWorker (encoder + gallery + generator)."""
+    """Holds an EnhanceWorker (encoder + gallery + generator) and its reader/writer threads."""
 
     def __init__(self, cfg: dict, cpus: float):
         _threads(cpus)
         from rasr.enhance import EnhanceConfig, EnhanceWorker
 
-        self.worker = EnhanceWorker(EnhanceConfig(**cfg))
+        self.worker = EnhanceWorker(EnhanceConfig(**cfg), io_threads=max(2, min(16, int(round(2 * cpus)))))
 
     def process(self, items: list[dict], out: str, shard_id: str, run_id: str) -> dict[str, list[dict]]:
         from rasr.catalog import Item

@@ -24,13 +24,15 @@ from tasks.runtime import ray
 
 
 @task(name="run-shard", cache_policy=NONE, retries=1, retry_delay_seconds=2)
-def run_shard(shard: dict, out: str, run_id: str, cfg_hash: str, pool: ActorPool, batch_size: int,
+def run_shard(shard: dict, out: str, run_id: str, cfg_hash: str, pool: ActorPool, per_call: int,
               schemas: dict[str, pa.Schema], progress_key: str = "") -> dict:
-    """Process every input of a shard; the done-marker is written last, only when all rows exist."""
+    """Process every input of a shard; the done-marker is written last, only when all rows exist.
+
+    per_call: inputs per actor call (the actor pipelines reading, the model and writing inside a call)."""
     s = Shard.from_dict(shard)
     t0 = time.perf_counter()
     items = [asdict(i) for i in s.items]
-    batches = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+    batches = [items[i:i + per_call] for i in range(0, len(items), per_call)]
     pending = {pool.next().process.remote(b, out, s.id, run_id): i for i, b in enumerate(batches)}
     results: dict[int, dict[str, list[dict]]] = {}
     while pending:

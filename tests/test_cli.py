@@ -129,3 +129,55 @@ def test_kill_after_first_shard_then_resume(cli_db, tmp_path):
     assert all(r["status"] == "ok" for r in rows)
     assert len(list(done_dir.iterdir())) == 6
     assert summary_of(r.stdout)["already_done"] == str(2 * done_at_kill)  # finished shards were not redone
+
+
+# Engines that cannot be reached: a command that started Prefect or Ray would fail (exit 1) or hang.
+NO_ENGINES = {"PREFECT_API_URL": "http://127.0.0.1:9/api", "RAY_ADDRESS": "127.0.0.1:9"}
+
+
+@pytest.mark.parametrize("case", ["missing-input", "top-k-0", "refdsr-no-db", "output-is-file", "dangling-output",
+                                  "db-missing", "db-is-file", "output-symlink-into-input", "bad-png-level"])
+def test_usage_errors_exit_2_before_any_engine_and_create_nothing(case, cli_db, sample_dirs, tmp_path):
+    archive, out = sample_dirs["archive"], str(tmp_path / "out")
+    extra, expect = [], ""
+    if case == "missing-input":
+        archive, expect = str(tmp_path / "nope"), "does not exist"
+    elif case == "top-k-0":
+        extra, expect = ["--top-k", "0"], "--top-k must be >= 1"
+    elif case == "refdsr-no-db":
+        extra, expect = ["--generator", "refdsr"], "pass --db"
+    elif case == "output-is-file":
+        open(out, "w").close()
+        expect = "not a folder"
+    elif case == "dangling-output":
+        os.symlink(tmp_path / "gone", out)
+        expect = "dangling symlink"
+    elif case == "db-missing":
+        extra, expect = ["--db", str(tmp_path / "refs.lance")], "does not exist"
+    elif case == "db-is-file":
+        open(tmp_path / "db.lance", "w").close()
+        extra, expect = ["--db", str(tmp_path / "db.lance")], "is a file"
+    elif case == "output-symlink-into-input":
+        os.symlink(archive, out)
+        expect = "inside input"
+    elif case == "bad-png-level":
+        extra, expect = ["--png-level", "12"], "png-level"
+    if "--db" not in extra and case != "refdsr-no-db":
+        extra += ["--db", cli_db]
+    before = sorted(os.listdir(tmp_path))
+    r = subprocess.run([*RASR, "enhance", archive, out, *extra], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, **NO_ENGINES})
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert expect in r.stderr, r.stderr
+    assert sorted(os.listdir(tmp_path)) == before  # no output folder, no empty DB folder
+
+
+def test_noop_rerun_starts_no_engine(cli_db, tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    (src / "c").mkdir(parents=True)
+    Image.fromarray(as_rgb(load_photo("chelsea"))).resize((24, 20)).save(src / "c" / "cat.png")
+    args = ["enhance", str(src), str(out), "--db", cli_db, "--generator", "bicubic"]
+    assert run(*args).returncode == 0
+    r = subprocess.run([*RASR, *args], capture_output=True, text=True, timeout=120, env={**os.environ, **NO_ENGINES})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "nothing new" in r.stdout and summary_of(r.stdout)["already_done"] == "1"

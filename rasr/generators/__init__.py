@@ -7,13 +7,21 @@
 
 from __future__ import annotations
 
-from rasr.generators.base import Generator, Restorer
-
 GENERATORS = ("bicubic", "realesrgan", "osediff", "refdsr")
 
 
+def __getattr__(name: str):
+    # Generator and Restorer load torch: imported on first use, so that checking a generator name
+    # (the CLI does it before anything starts) stays fast
+    if name in ("Generator", "Restorer"):
+        from rasr.generators import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def load_generator(name: str, weights: str | None = None, device: str | None = None,
-                   dtype: str = "fp32", **options) -> Generator:
+                   dtype: str = "fp32", **options) -> "Generator":
     """Build a generator by name; `weights` says where its weights come from (path, s3:// or hub id)."""
     if name == "bicubic":
         from rasr.generators.bicubic import Bicubic
@@ -27,7 +35,27 @@ def load_generator(name: str, weights: str | None = None, device: str | None = N
         from rasr.generators.refdsr import load_diffusion_generator
 
         return load_diffusion_generator(name, weights=weights, device=device, dtype=dtype, **options)
+    if ":" in name:
+        return _custom(name, weights=weights, device=device, dtype=dtype, **options)
     raise ValueError(f"unknown generator {name!r}: choose one of {', '.join(GENERATORS)}")
+
+
+def _custom(spec: str, **kwargs) -> "Generator":
+    """`package.module:ClassName`: a Generator subclass of your own (benchmarks use one that only
+    waits, to measure the pipeline around the model). It must import on every worker."""
+    import importlib
+
+    from rasr.generators.base import Generator
+
+    module, _, attr = spec.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"generator {spec!r} cannot be imported ({e}): give package.module:ClassName "
+                         f"of a Generator subclass importable on the workers") from None
+    if not (isinstance(cls, type) and issubclass(cls, Generator)):
+        raise ValueError(f"generator {spec!r} is not a rasr.generators.Generator subclass")
+    return cls(**kwargs)
 
 
 __all__ = ["Generator", "Restorer", "GENERATORS", "load_generator"]
