@@ -32,6 +32,15 @@ def _fail(e: Exception) -> None:
     sys.exit(1)
 
 
+def _must_exist(uri: str, what: str) -> None:
+    """Usage error (exit 2) at once, before Prefect or Ray start, when an input location is missing."""
+    from rasr import storage
+
+    fs, path = storage.filesystem(uri)
+    if not fs.exists(path):
+        raise click.UsageError(f"{what} {storage.redact(uri)} does not exist: check the path or prefix")
+
+
 def _print_summary(title: str, summary: dict, keys: list[str]) -> None:
     click.echo("")
     click.echo(title)
@@ -127,6 +136,9 @@ def index(ctx, gallery, db, encoder, encoder_weights, table, shard_size, batch_s
     """Embed a reference GALLERY (folder or s3:// prefix; category = sub-folder) into a LanceDB table.
 
     Incremental: only new or changed files are embedded; rows of deleted files are removed."""
+    _must_exist(gallery, "gallery")
+    if not db.startswith("s3://") and os.path.isfile(db):
+        raise click.UsageError(f"--db {db} is a file, not a LanceDB folder: give a folder (created if missing)")
     from flows.index import index_gallery
     from rasr.images import DEFAULT_MAX_PIXELS
 
@@ -295,6 +307,10 @@ def evaluate(hr, output, methods, ref_modes, db, table, lr_dir, pairs, encoders,
     LR inputs come from the seeded Real-ESRGAN degradation (or --lr-dir). Writes per-image Parquet,
     summary.parquet, table1.md (paper's Table 1 layout, deltas vs --baseline), table5.md (retrieval
     encoders) and report.html. Resumable: a rerun skips finished shards."""
+    _must_exist(hr, "HR test set")
+    for opt, value in (("--lr-dir", lr_dir), ("--pairs", pairs), ("--db", db)):
+        if value:
+            _must_exist(value, opt)
     from flows.evaluate import evaluate as evaluate_flow
 
     weights = {}
@@ -367,6 +383,7 @@ def dataset() -> None:
 @click.option("--ray-address", default=None, envvar="RAY_ADDRESS")
 def dataset_build(src, out, train, test, crop, top_k, self_pairs, self_crop, seed, encoder, ray_address) -> None:
     """Split SRC (category sub-folders) into train/test/reference, crop, and rank references, into OUT."""
+    _must_exist(src, "source folder")
     from flows.dataset import build_dataset
 
     try:
@@ -409,6 +426,7 @@ def train(dataset_dir, out, sd_base, osediff_weights, init_branch, steps, batch_
     """Train RefDSR's reference branch on DATASET_DIR; checkpoints under OUT (rerun to resume).
 
     The final branch loads with `rasr enhance --generator refdsr --refdsr-weights OUT/checkpoints/step-N/branch`."""
+    _must_exist(dataset_dir, "dataset")
     from flows.train import train_refdsr
 
     weights = {}

@@ -6,6 +6,11 @@ wavelet: keep the output's high frequencies, take the low frequencies from the u
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
 COLOR_FIXES = ("none", "adain", "wavelet")
 
 

@@ -181,3 +181,14 @@ def test_noop_rerun_starts_no_engine(cli_db, tmp_path):
     r = subprocess.run([*RASR, *args], capture_output=True, text=True, timeout=120, env={**os.environ, **NO_ENGINES})
     assert r.returncode == 0, r.stderr[-2000:]
     assert "nothing new" in r.stdout and summary_of(r.stdout)["already_done"] == "1"
+
+
+@pytest.mark.parametrize("args", [["index", "{tmp}/nope", "--db", "{tmp}/refs.lance"],
+                                  ["evaluate", "{tmp}/nope", "{tmp}/out"],
+                                  ["dataset", "build", "{tmp}/nope", "{tmp}/out"],
+                                  ["train", "{tmp}/nope", "{tmp}/out"]])
+def test_other_commands_report_a_missing_input_before_any_engine(args, tmp_path):
+    r = subprocess.run([*RASR, *[a.format(tmp=tmp_path) for a in args]], capture_output=True, text=True,
+                       timeout=120, env={**os.environ, **NO_ENGINES})
+    assert r.returncode == 2 and "does not exist" in r.stderr, r.stderr[-2000:]
+    assert os.listdir(tmp_path) == []

@@ -45,7 +45,7 @@ def test_own_image_is_excluded_and_category_filter_applies(small):
 
 
 def test_upsert_replaces_by_uri_and_delete(small):
-    g, vecs, rng = small
+    g, _, rng = small
     new = rows(unit(rng, 1, 16), prefix="img")  # same uri /g/img0.jpg, new vector and id
     new[0]["id"] = "changed"
     g.upsert(new)
@@ -75,10 +75,152 @@ def test_ann_index_above_threshold_keeps_recall(tmp_path, monkeypatch):
     g = G.Gallery.create_or_open(str(tmp_path / "db"), "g", "test", 32)
     g.upsert(rows(vecs))
     info = g.maintain()
-    assert info["index"] == "IVF_HNSW_SQ"
+    assert info["index"] == G.ANN_INDEX
     q = vecs[:40] + 0.05 * unit(rng, 40, 32)
     hits = g.search(q, k=5, exclude_ids=[None] * 40)
     exact = np.argsort(-(q @ vecs.T), axis=1)[:, :5]
     recall = np.mean([len({h.id for h in hs} & {f"img{j}" for j in ex}) / 5 for hs, ex in zip(hits, exact)])
     assert recall > 0.9, recall
     assert hits[0][0].id == "img0"
+
+
+# ---- against an independent reference: LanceDB's own exhaustive (unindexed) search on the same table ----
+def flat_reference(g, q, k, exclude=(), category=None):
+    """LanceDB flat search with the same filters as a where clause: exhaustive, exact cosine."""
+    conds = []
+    if category is not None:
+        conds.append(f"category = '{category}'")
+    if exclude:
+        conds.append("id NOT IN (" + ", ".join(f"'{i}'" for i in exclude) + ")")
+    query = g.table.search(q).distance_type("cosine").limit(k).select(["id", "_distance"])
+    if conds:
+        query = query.where(" AND ".join(conds), prefilter=True)
+    t = query.to_arrow()
+    return t.column("id").to_pylist(), 1.0 - t.column("_distance").to_numpy()
+
+
+@pytest.fixture()
+def mixed(tmp_path):
+    """300 rows in categories a/b/c plus a 'rare' one with 3 rows, so k can exceed the matching rows."""
+    rng = np.random.default_rng(2)
+    vecs = unit(rng, 303, 24)
+    cats = [("a", "b", "c")[i % 3] for i in range(300)] + ["rare"] * 3
+    g = G.Gallery.create_or_open(str(tmp_path / "db"), "g", "test", 24)
+    g.upsert(rows(vecs, cats=cats))
+    return g, vecs, rng
+
+
+def assert_same_hits(a, b):
+    """Same ids, uris and categories in the same order; similarities equal up to float32 rounding
+    (a batched matmul and a single-query one sum in different orders)."""
+    assert [[(h.id, h.uri, h.category) for h in hs] for hs in a] == [[(h.id, h.uri, h.category) for h in hs] for hs in b]
+    np.testing.assert_allclose([h.similarity for hs in a for h in hs], [h.similarity for hs in b for h in hs], atol=1e-6)
+
+
+def check_against_reference(g, q, k, excl, cats):
+    hits = g.search(q, k=k, exclude_ids=excl, category=cats)
+    assert len(hits) == len(q)
+    for qi, hs in enumerate(hits):
+        ref_ids, ref_sims = flat_reference(g, q[qi], k, sorted(G._as_set(excl[qi])), cats[qi])
+        assert [h.id for h in hs] == ref_ids, qi
+        np.testing.assert_allclose([h.similarity for h in hs], ref_sims, atol=1e-5)
+        assert all(h.category == cats[qi] for h in hs) if cats[qi] else True
+        assert [h.similarity for h in hs] == sorted((h.similarity for h in hs), reverse=True)
+    return hits
+
+
+def test_batch_with_per_query_categories_and_exclusions_matches_lancedb_flat_search(mixed):
+    g, vecs, rng = mixed
+    q = np.concatenate([vecs[[0, 1, 2, 300]], unit(rng, 8, 24)])  # four are stored rows: exclude their ids
+    cats = [None, "b", "a", "rare", "a", None, "c", "rare", "missing", "b", None, "a"]
+    excl = ["img0", {"img1", "img4"}, None, {"img300", "img301"}, None, {"img5"}, set(), None, None, None, None, None]
+    hits = check_against_reference(g, q, 7, excl, cats)
+    assert [h.id for h in hits[3]] == ["img302"]  # 'rare' has 3 rows, 2 excluded: fewer than k come back
+    assert len(hits[7]) == 3 and hits[8] == []  # k > matching rows; an unknown category matches nothing
+    assert "img0" not in [h.id for h in hits[0]] and g.search(vecs[:1], k=1)[0][0].id == "img0"
+
+
+def test_batch_equals_one_call_per_query_and_k_beyond_the_table(mixed):
+    g, _, rng = mixed
+    q = unit(rng, 20, 24)
+    cats = [(None, "a", "b", "rare")[i % 4] for i in range(20)]
+    excl = [{f"img{i}"} for i in range(20)]
+    batch = g.search(q, k=5, exclude_ids=excl, category=cats)
+    assert_same_hits(batch, [g.search(q[i:i + 1], k=5, exclude_ids=[excl[i]], category=cats[i])[0] for i in range(20)])
+    check_against_reference(g, q[:3], 400, [None] * 3, [None] * 3)  # k > rows: every row, best first
+    assert len(g.search(q[:1], k=400)[0]) == 303 and g.search(q[:2], k=0) == [[], []]
+
+
+def test_an_id_stored_under_two_uris_is_excluded_everywhere(tmp_path):
+    rng = np.random.default_rng(3)
+    vecs = unit(rng, 10, 8)
+    rs = rows(vecs)
+    rs.append({**rs[0], "uri": "/g/copy-of-img0.jpg"})  # same bytes (id), second location
+    g = G.Gallery.create_or_open(str(tmp_path / "db"), "g", "test", 8)
+    g.upsert(rs)
+    assert [h.id for h in g.search(vecs[:1], k=2)[0]] == ["img0", "img0"]
+    assert "img0" not in [h.id for h in g.search(vecs[:1], k=10, exclude_ids=["img0"])[0]]
+
+
+def test_no_storage_call_per_query_and_writes_invalidate(mixed, monkeypatch):
+    g, _, rng = mixed
+    q = unit(rng, 4, 24)
+    first = g.search(q, k=3)
+    table, g._table, g._db = g._table, None, None  # any storage access from here on raises
+    assert g.search(q, k=3, category="a") and g.search(q, k=3) == first and g.count() == 303
+    g._table, g._db = table, G.connect(g.db_uri)
+    new = rows(unit(rng, 1, 24), prefix="new")
+    new[0]["vector"] = q[0]
+    g.upsert(new)
+    assert g.count() == 304 and g.search(q[:1], k=1)[0][0].id == "new0"
+    g.delete_uris(["/g/new0.jpg"])
+    assert g.count() == 303 and g.search(q[:1], k=1)[0][0].id != "new0"
+
+
+def test_search_explains_bad_batch_arguments(mixed):
+    g, vecs, _ = mixed
+    with pytest.raises(G.GalleryError, match="one entry per query"):
+        g.search(vecs[:3], category=["a", "b"])
+    with pytest.raises(G.GalleryError, match="per query"):
+        g.search(vecs[:3], exclude_ids=[None])
+
+
+def test_ann_batch_with_categories_and_exclusions(tmp_path, monkeypatch):
+    monkeypatch.setattr(G, "ANN_MIN_ROWS", 500)
+    monkeypatch.setattr(G, "ANN_ROWS_PER_PARTITION", 100)  # 15 partitions, 1 probed: a rare category still fills
+    monkeypatch.setattr(G, "ANN_NPROBES", 1)
+    rng = np.random.default_rng(4)
+    vecs = unit(rng, 1500, 16)
+    g = G.Gallery.create_or_open(str(tmp_path / "db"), "g", "test", 16)
+    g.upsert(rows(vecs, cats=["rare" if i % 500 == 7 else "a" if i % 2 else "b" for i in range(1500)]))
+    n = 12
+    q, cats, excl = vecs[:n] + 0.02 * unit(rng, n, 16), [(None, "a", "b", "rare")[i % 4] for i in range(n)], \
+        [{f"img{i}"} if i % 2 else None for i in range(n)]
+    exact = g.search(q, k=5, exclude_ids=excl, category=cats)  # no index yet: the exact path
+    check_against_reference(g, q, 5, excl, cats)
+    assert g.maintain()["index"] == G.ANN_INDEX and g._use_ann(g.count())
+    ann = g.search(q, k=5, exclude_ids=excl, category=cats)
+    assert_same_hits(ann, [g.search(q[i:i + 1], k=5, exclude_ids=[excl[i]], category=cats[i])[0] for i in range(n)])
+    for qi, (a, e) in enumerate(zip(ann, exact)):
+        assert all(h.id not in G._as_set(excl[qi]) and (cats[qi] is None or h.category == cats[qi]) for h in a)
+        assert len(a) == len(e) and len({h.id for h in a} & {h.id for h in e}) >= len(e) - 1 and a[0].id == e[0].id
+        np.testing.assert_allclose([h.similarity for h in a], [float(vecs[int(h.id[3:])] @ q[qi] /
+                                   np.linalg.norm(q[qi])) for h in a], atol=1e-5)  # refined: exact similarity
+
+
+def test_ann_searches_again_without_a_probe_cap_when_too_few_rows_come_back(tmp_path, monkeypatch):
+    monkeypatch.setattr(G, "ANN_MIN_ROWS", 500)
+    rng = np.random.default_rng(5)
+    vecs = unit(rng, 600, 8)
+    g = G.Gallery.create_or_open(str(tmp_path / "db"), "g", "test", 8)
+    g.upsert(rows(vecs, cats=["a" if i % 3 else "b" for i in range(600)]))
+    g.maintain()
+    real, calls = g._ann_query, []
+
+    def capped_finds_little(vecs, limit, cat, max_probes):  # as if the probed partitions held 1 row of `cat`
+        calls.append(max_probes)
+        return [f[:1] if max_probes else f for f in real(vecs, limit, cat, max_probes)]
+    monkeypatch.setattr(g, "_ann_query", capped_finds_little)
+    hits = g.search(vecs[:4], k=3, category="b", exclude_ids=[{"img0"}, None, None, None])
+    assert calls == [G.ANN_NPROBES, 0] and all(len(hs) == 3 for hs in hits)
+    assert "img0" not in [h.id for h in hits[0]] and all(h.category == "b" for hs in hits for h in hs)

@@ -1,10 +1,10 @@
 """The overlapped EnhanceWorker: the same rows and bytes as the serial one, one row per input whatever
 fails, same-size inputs batched, bounded look-ahead; output encodings recorded; batched retrieval."""
 
-import io
 import os
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,8 +103,8 @@ def test_overlap_gives_the_same_rows_and_bytes(tmp_path, photos, gallery_db):
     assert poisoned["status"] == "error" and "poisoned input" in poisoned["error"]
     for r in piped:
         if r["status"] == "ok":
-            a = open(tmp_path / "a" / os.path.relpath(r["output_uri"], tmp_path / "b"), "rb").read()
-            assert a == open(r["output_uri"], "rb").read()
+            twin = tmp_path / "a" / os.path.relpath(r["output_uri"], tmp_path / "b")
+            assert twin.read_bytes() == Path(r["output_uri"]).read_bytes()
             assert r["output_encoding"] == "png level=1" + (" +alpha" if r["alpha"] else "")
     good = [r for r in piped if "/bad/" not in r["source_uri"]]
     assert sum(r["status"] == "ok" for r in good) == len(sizes) - 1

@@ -7,6 +7,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rasr.generators.base import Generator
+
 GENERATORS = ("bicubic", "realesrgan", "osediff", "refdsr")
 
 
