@@ -71,7 +71,9 @@ class GeneratorChoice(click.Choice):
     """The built-in generators, or `package.module:ClassName` of a custom Generator subclass."""
 
     def __init__(self):
-        super().__init__(["realesrgan", "bicubic", "osediff", "refdsr"])
+        from rasr.generators import GENERATORS  # names only: no torch import
+
+        super().__init__(list(GENERATORS))
 
     def convert(self, value, param, ctx):
         if isinstance(value, str) and ":" in value:
@@ -243,8 +245,9 @@ def enhance(input, output, db, table, generator, generator_weights, osediff_weig
                   max_pixels=max_pixels or DEFAULT_MAX_PIXELS, dtype=dtype, tagger=tagger, batch_size=batch_size)
     try:
         resources = _resources(worker_resources)
-        E.check_inputs(E.EnhanceConfig(**params), input, output, shard_size)
-        work = E.plan(E.EnhanceConfig(**params), input, output, shard_size)
+        cfg = E.EnhanceConfig(**params)
+        E.check_inputs(cfg, input, output, shard_size)
+        work = E.plan(cfg, input, output, shard_size)
     except (E.UsageError, ValueError) as e:
         raise click.UsageError(str(e)) from None
     except Exception as e:  # noqa: BLE001

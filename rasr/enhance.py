@@ -153,14 +153,14 @@ def _check_gallery(db: str, table: str | None) -> None:
         raise UsageError(f"--db {shown} does not exist: index a gallery first (`rasr index GALLERY --db {shown}`)")
     if fs.isfile(path):
         raise UsageError(f"--db {shown} is a file, not a LanceDB folder: pass the folder `rasr index` wrote")
+    from rasr.gallery import GalleryError, choose_table  # lancedb itself is imported only on connect
+
     names = sorted(n[:-len(".lance")] for n in (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
                    if n.endswith(".lance"))
-    if not names:
-        raise UsageError(f"no gallery tables in {shown}: run `rasr index GALLERY --db {shown}` first")
-    if table and table not in names and not any(n.startswith(f"{table}__") for n in names):
-        raise UsageError(f"no table {table!r} in {shown}; tables there: {', '.join(names)}")
-    if not table and len(names) > 1:
-        raise UsageError(f"{shown} holds several tables ({', '.join(names)}): pass --table NAME")
+    try:
+        choose_table(names, db, table)  # the same choice the workers' Gallery.open will make
+    except GalleryError as e:
+        raise UsageError(str(e)) from None
 
 
 @dataclass

@@ -120,22 +120,7 @@ class Gallery:
     @classmethod
     def open(cls, db_uri: str, table: str | None = None, encoder: str | None = None) -> Gallery:
         """Open an existing table; with one table in the DB the name may be omitted."""
-        names = list_tables(db_uri)
-        if not names:
-            raise GalleryError(f"no gallery tables in {storage.redact(db_uri)}: run `rasr index GALLERY --db {storage.redact(db_uri)}` first")
-        if table and table in names:
-            chosen = table
-        else:
-            candidates = names
-            if table:
-                candidates = [n for n in names if n.startswith(f"{table}__")]
-            if encoder:
-                candidates = [n for n in candidates if n.endswith(f"__{encoder.replace('-', '_')}")]
-            if len(candidates) != 1:
-                raise GalleryError(
-                    f"cannot choose a table in {storage.redact(db_uri)} (table={table!r}, encoder={encoder!r}); "
-                    f"tables there: {', '.join(names)}; pass --table NAME")
-            chosen = candidates[0]
+        chosen = choose_table(list_tables(db_uri), db_uri, table, encoder)
         g = cls(db_uri, chosen)
         g._table = g._db.open_table(chosen)
         return g
@@ -472,6 +457,25 @@ def _as_set(e) -> set[str]:
     if isinstance(e, str):
         return {e}
     return set(e)
+
+
+def choose_table(names: list[str], db_uri: str, table: str | None = None, encoder: str | None = None) -> str:
+    """The table `open` uses among a DB's table `names`: `table` itself, else the only `<table>__<encoder>`
+    match, else the only table; GalleryError saying how to choose otherwise."""
+    shown = storage.redact(db_uri)
+    if not names:
+        raise GalleryError(f"no gallery tables in {shown}: run `rasr index GALLERY --db {shown}` first")
+    if table and table in names:
+        return table
+    candidates = names
+    if table:
+        candidates = [n for n in names if n.startswith(f"{table}__")]
+    if encoder:
+        candidates = [n for n in candidates if n.endswith(f"__{encoder.replace('-', '_')}")]
+    if len(candidates) != 1:
+        raise GalleryError(f"cannot choose a table in {shown} (table={table!r}, encoder={encoder!r}); "
+                           f"tables there: {', '.join(names)}; pass --table NAME")
+    return candidates[0]
 
 
 def list_tables(db_uri: str) -> list[str]:

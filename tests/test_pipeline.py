@@ -146,7 +146,7 @@ def test_reading_runs_ahead_but_stays_bounded(tmp_path, photos, monkeypatch):
     w.close()
     assert len(rows) == 40 and all(r["status"] == "ok" for r in rows)
     # when the model starts a batch, reading is ahead of it, but never more than look-ahead + held
-    assert max(restored) < 40 or restored.index(max(restored)) > 0
+    assert any(n > (i + 1) * 4 for i, n in enumerate(restored))  # reading did run ahead of the model
     for i, n in enumerate(restored):
         assert n <= (i + 1) * 4 + w.lookahead + 2 * w.batch_size
 
