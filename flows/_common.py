@@ -12,7 +12,7 @@ import uuid
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import as_completed, wait
 
-from rasr import storage
+from rasr import catalog, storage
 
 
 def new_run_id() -> str:
@@ -56,6 +56,8 @@ def process_shards(actor_cls, cfg: dict, shards: list, out: str, run_id: str, cf
 
     if not shards:
         return [], [], []
+    storage.sweep_temp(catalog.temp_dir(out))  # leftovers of a killed earlier run
+    catalog.sweep_leases(out)
     key = f"{label}-{run_id}"
     progress.start(key, sum(len(s.items) for s in shards), label, show_progress)
     try:
@@ -69,21 +71,33 @@ def process_shards(actor_cls, cfg: dict, shards: list, out: str, run_id: str, cf
         progress.close(key)
 
 
+# shards failing one after another mean an outage (store unreachable, every worker failing), not bad
+# inputs: stop starting new ones, so the run ends with one clear error instead of failing every shard
+STOP_AFTER_FAILURES = 3
+
+
 def run_bounded(shards: list, submit, limit: int) -> tuple[list[dict], list[dict]]:
     """Submit shard tasks keeping at most `limit` in flight (a crash then loses little work).
 
     Returns (results of finished shards, [{"error": ...}] of failed ones); one failure never stops
     the others."""
     results, failures, inflight = [], [], []
+    streak = [0]  # shards failed in a row
 
     def collect(futures):
         for fut in futures:
             try:
                 results.append(fut.result())
+                streak[0] = 0
             except Exception as e:  # noqa: BLE001 - shards are independent
                 failures.append({"error": storage.redact(f"{e.__class__.__name__}: {e}")})
+                streak[0] += 1
 
-    for shard in shards:
+    for started, shard in enumerate(shards):
+        if streak[0] >= STOP_AFTER_FAILURES:  # the store or the workers are down: stop, the next run resumes
+            failures.append({"error": f"stopped after {streak[0]} shards failed in a row, "
+                                      f"{len(shards) - started} shards not started", "stopped": True})
+            break
         if len(inflight) >= limit:
             first = next(as_completed(inflight))
             collect([first])

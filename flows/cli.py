@@ -222,11 +222,13 @@ def search(image, db, k, table, category, encoder_weights, as_json) -> None:
 @click.option("--precision", "dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
 @click.option("--max-pixels", type=int, default=None, help="Inputs above this many pixels fail with a reason (default 40M).")
 @click.option("--tagger", default="category", show_default=True, help="Prompt tagger for diffusion generators: category|none|ram:PATH.")
+@click.option("--follow-symlinks", is_flag=True,
+              help="Follow symlinks that point outside INPUT (by default they are recorded as skipped).")
 @worker_options
 def enhance(input, output, db, table, generator, generator_weights, osediff_weights, refdsr_weights, fusion_scale,
             top_k, min_similarity, category_filter, shard_size, batch_size, tile, tile_overlap, color_fix,
-            output_format, png_level, quality, dtype, max_pixels, tagger, workers, gpus_per_worker, worker_resources,
-            ray_address) -> None:
+            output_format, png_level, quality, dtype, max_pixels, tagger, follow_symlinks, workers, gpus_per_worker,
+            worker_resources, ray_address) -> None:
     """Enhance every photo under INPUT into OUTPUT (folders or s3:// prefixes).
 
     Writes OUTPUT/images/<input path>.<format>, a Parquet manifest row per input and a done-marker per
@@ -247,7 +249,7 @@ def enhance(input, output, db, table, generator, generator_weights, osediff_weig
         resources = _resources(worker_resources)
         cfg = E.EnhanceConfig(**params)
         E.check_inputs(cfg, input, output, shard_size)
-        work = E.plan(cfg, input, output, shard_size)
+        work = E.plan(cfg, input, output, shard_size, follow_symlinks=follow_symlinks)
     except (E.UsageError, ValueError) as e:
         raise click.UsageError(str(e)) from None
     except Exception as e:  # noqa: BLE001
@@ -261,17 +263,55 @@ def enhance(input, output, db, table, generator, generator_weights, osediff_weig
 
     try:
         summary = enhance_archive(input, output, shard_size=shard_size, workers=workers, gpus_per_worker=gpus_per_worker,
-                                  worker_resources=resources, ray_address=ray_address, show_progress=True, **params)
+                                  worker_resources=resources, ray_address=ray_address, follow_symlinks=follow_symlinks,
+                                  show_progress=True, **params)
     except Exception as e:  # noqa: BLE001
         _fail(e)
     for err in summary["errors"][:50]:
         click.echo(f"  failed {err['uri']}: {err['error']}", err=True)
     if len(summary["errors"]) > 50:
         click.echo(f"  ... and {len(summary['errors']) - 50} more (status = 'error' in the manifest)", err=True)
-    _print_summary("enhance summary", summary, ["run_id", "inputs", "already_done", "processed", "ok", "failed",
-                                                "skipped", "shards", "workers", "nodes", "seconds", "images",
-                                                "manifest"])
+    keys = ["run_id", "inputs", "already_done", "processed", "ok", "failed", "skipped", "shards", "workers", "nodes",
+            "seconds", "images", "manifest"]
+    keys += [k for k in ("retried_batches", "left_to_other_runs", "done_by_other_runs") if summary.get(k)]
+    if summary.get("left_to_other_runs"):
+        click.echo(f"  {summary['left_to_other_runs']} inputs are being enhanced by another run on this output "
+                   f"(their shards are claimed): run again later to see them done", err=True)
+    _print_summary("enhance summary", summary, keys)
     sys.exit(EXIT_PARTIAL if summary["failed"] else 0)
+
+
+@main.command()
+@click.argument("output")
+@click.option("--input", "input_", default=None,
+              help="The input folder or prefix: one listing decides what vanished (else each input is checked).")
+@click.option("--apply", "apply_", is_flag=True, help="Remove what is listed (without it, only list).")
+def gc(output, input_, apply_) -> None:
+    """List (and with --apply remove) outputs and manifest rows of inputs that no longer exist.
+
+    Also removes temporary files older than an hour left by a killed write. Without --apply nothing
+    is changed."""
+    _must_exist(output, "output")
+    if input_:
+        _must_exist(input_, "input")
+    from rasr import gc as G
+    from rasr.storage import redact
+
+    try:
+        stale = G.find_stale(output, input_)
+    except Exception as e:  # noqa: BLE001
+        _fail(e)
+    for uri in stale.sources[:50]:
+        click.echo(f"  vanished {redact(uri)}")
+    if len(stale.sources) > 50:
+        click.echo(f"  ... and {len(stale.sources) - 50} more")
+    summary = {"vanished_inputs": len(stale.sources), "rows": len(stale.rows), "images": len(stale.outputs),
+               "temp_files": len(stale.temp_files), "applied": apply_}
+    if apply_:
+        summary.update({f"removed_{k}": v for k, v in G.collect(output, stale).items()})
+    elif stale.sources or stale.temp_files:
+        click.echo("  (nothing removed: pass --apply to remove them)")
+    _print_summary("gc summary", summary, list(summary))
 
 
 def _csv(text: str | None) -> list[str]:

@@ -36,7 +36,7 @@ def enhance_archive(input: str, output: str, db: str | None = None, table: str |
                     batch_size: int = 4, workers: int | None = None, gpus_per_worker: float | None = None,
                     worker_resources: dict | None = None, ray_address: str | None = None,
                     max_inflight_shards: int | None = None, since: float | None = None,
-                    show_progress: bool = False) -> dict:
+                    follow_symlinks: bool = False, show_progress: bool = False) -> dict:
     """Enhance every new input under `input` into `output` (local folder or s3:// prefix).
 
     since: only inputs modified at or after this epoch time are considered (the nightly watermark)."""
@@ -53,7 +53,7 @@ def enhance_archive(input: str, output: str, db: str | None = None, table: str |
                         batch_size=batch_size)
     check_inputs(cfg, input, output, shard_size)
     cfg_hash = cfg.hash()
-    work = plan(cfg, input, output, shard_size, since)
+    work = plan(cfg, input, output, shard_size, since, follow_symlinks)
     items, shards, todo = work.items, work.shards, work.todo
     log.info(f"{len(items)} inputs, {len(items) - todo} already done, {todo} to enhance in {len(shards)} shards")
 
@@ -70,27 +70,35 @@ def enhance_archive(input: str, output: str, db: str | None = None, table: str |
         "generator": generator, "config_hash": cfg_hash, "listed": work.listed, "inputs": len(items),
         "already_done": len(items) - todo,
         "processed": sum(r["n"] for r in results), "ok": counts["ok"], "failed": counts["error"],
-        "skipped": counts["skipped"], "shards": len(shards), "shards_failed": len(failures),
+        "skipped": counts["skipped"], "shards": len(shards), "shards_failed": sum(not f.get("stopped") for f in failures),
+        "retried_batches": sum(r["retried"] for r in results),
+        "left_to_other_runs": sum(r["deferred"] for r in results),
+        "done_by_other_runs": sum(r["done_elsewhere"] for r in results),
         "workers": len(placement), "nodes": len({p["node_id"] for p in placement}),
         "seconds": round(time.perf_counter() - t0, 2),
         "manifest": storage.redact(storage.join(output, catalog.MANIFEST_DIR)),
         "images": storage.redact(storage.join(output, catalog.IMAGES_DIR)),
     }
     errors = []
-    if shards:  # a run that did nothing writes nothing (reruns change no file)
-        rows = manifest.read_table(output, catalog.MANIFEST_DIR, manifest.SCHEMA,
-                                   shard_ids=[r["shard_id"] for r in results]).to_pylist()
-        errors = [{"uri": r["source_uri"], "error": r["error"]} for r in rows if r["status"] == "error"]
-        runlog.write_run(output, {**summary, "started_at": started, "config": cfg.identity(),
-                                  "shard_errors": [f["error"] for f in failures]})
-        publish_summary("enhance-summary", summary, errors=errors, title=f"Enhance run {run_id}",
-                        thumbnails=_thumbnails(rows))
-    else:
-        publish_summary("enhance-summary", summary, title=f"Enhance run {run_id}: nothing new")
+    try:
+        if shards:  # a run that did nothing writes nothing (reruns change no file)
+            rows = manifest.read_table(output, catalog.MANIFEST_DIR, manifest.SCHEMA,
+                                       shard_ids=[r["shard_id"] for r in results if r["n"]]).to_pylist()
+            errors = [{"uri": r["source_uri"], "error": r["error"]} for r in rows if r["status"] == "error"]
+            runlog.write_run(output, {**summary, "started_at": started, "config": cfg.identity(),
+                                      "shard_errors": [f["error"] for f in failures]})
+            publish_summary("enhance-summary", summary, errors=errors, title=f"Enhance run {run_id}",
+                            thumbnails=_thumbnails(rows))
+        else:
+            publish_summary("enhance-summary", summary, title=f"Enhance run {run_id}: nothing new")
+    except Exception as e:  # noqa: BLE001 - after failed shards (e.g. the store went away) the shard error is the news
+        if not failures:
+            raise
+        log.warning(f"run summary not written: {storage.redact(e)}")
     summary["errors"] = errors
     summary["placement"] = placement
     if failures:
-        raise RuntimeError(f"{len(failures)} of {len(shards)} shards failed (their inputs will be retried "
+        raise RuntimeError(f"{summary['shards_failed']} of {len(shards)} shards failed (their inputs will be retried "
                            f"by the next run): " + "; ".join(f["error"] for f in failures[:3]))
     return summary
 

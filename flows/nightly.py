@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger
 from flows._common import flow_setup
 
 from flows.enhance import enhance_archive
-from rasr import storage
+from rasr import gc, storage
 
 WATERMARK = "_state/watermark.json"
 
@@ -46,6 +46,12 @@ def nightly_enhance(input: str, output: str, db: str | None = None, generator: s
                               generator_options=generator_options, min_similarity=min_similarity, top_k=top_k,
                               shard_size=shard_size, workers=workers, gpus_per_worker=gpus_per_worker,
                               worker_resources=worker_resources, ray_address=ray_address, since=since)
+    vanished = gc.find_stale(output, input)
+    summary["vanished_inputs"] = len(vanished.sources)
+    if vanished.sources:
+        log.warning(f"{len(vanished.sources)} inputs enhanced earlier no longer exist (e.g. "
+                    f"{storage.redact(vanished.sources[0])}); their outputs and rows stay until "
+                    f"`rasr gc {storage.redact(output)} --apply`")
     storage.write_json(storage.join(output, WATERMARK), {
         "listed_at": listed_at, "listed_at_iso": dt.datetime.fromtimestamp(listed_at, dt.timezone.utc).isoformat(),
         "run_id": summary["run_id"], "processed": summary["processed"], "failed": summary["failed"],

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
@@ -32,10 +33,12 @@ class Item:
     relpath: str
     size: int
     mtime: str
+    status: str = ""   # decided when listing ("skipped"/"error": hidden, dangling symlink...) ...
+    reason: str = ""   # ... and why; such an item is recorded, never read
 
     @property
     def is_image(self) -> bool:
-        return os.path.splitext(self.relpath)[1].lower() in IMAGE_EXTENSIONS
+        return not self.status and os.path.splitext(self.relpath)[1].lower() in IMAGE_EXTENSIONS
 
 
 @dataclass
@@ -57,9 +60,11 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def list_inputs(root: str) -> list[Item]:
-    """Every file under a local folder or s3:// prefix, sorted by relative path."""
-    return [Item(e.uri, e.relpath, e.size, e.mtime) for e in storage.list_files(root)]
+def list_inputs(root: str, follow_symlinks: bool = False) -> list[Item]:
+    """Every file under a local folder or s3:// prefix, sorted by relative path (hidden files,
+    broken symlinks and the like included, with the status and reason they will be recorded with)."""
+    return [Item(e.uri, e.relpath, e.size, e.mtime, e.status, e.reason)
+            for e in storage.list_files(root, follow_symlinks)]
 
 
 def shard_id(cfg_hash: str, items: list[Item]) -> str:
@@ -111,14 +116,78 @@ def done_marker_uri(out: str, sid: str) -> str:
     return storage.join(out, DONE_DIR, f"shard={sid}.json")
 
 
+TMP_DIR = ".tmp"
+LEASE_DIR = "_leases"
+
+
+def temp_dir(out: str) -> str | None:
+    """Where local writes under <out> stage their temporary files (one folder: a killed writer's
+    leftovers are found without walking the outputs); None on object stores (PUTs are atomic)."""
+    return None if storage.is_remote(out) else os.path.join(os.path.abspath(out), TMP_DIR)
+LEASE_TTL = float(os.environ.get("RASR_LEASE_TTL", 600))  # seconds; renewed every quarter of it while held
+
+
+def shard_lease(out: str, sid: str, run_id: str):
+    """The lease that claims shard `sid` of `out` for one run (None on stores without conditional
+    writes: only local folders and s3:// have them)."""
+    from rasr.locks import Lease
+
+    if storage.is_remote(out) and not out.startswith("s3://"):
+        return None
+    return Lease(storage.join(out, LEASE_DIR, f"shard={sid}.json"), ttl=LEASE_TTL, run_id=run_id)
+
+
+def sweep_leases(out: str) -> int:
+    """Remove leases left by runs that died (their process is gone on this host, or they expired):
+    a run killed after its shard's done-marker but before releasing the lease leaves one behind."""
+    fs, base = storage.filesystem(storage.join(out, LEASE_DIR))
+    if (storage.is_remote(out) and not out.startswith("s3://")) or not fs.exists(base):
+        return 0
+    removed = 0
+    for path in fs.ls(base, detail=False):
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        if not (name.startswith("shard=") and name.endswith(".json")):
+            continue
+        lease = shard_lease(out, name[len("shard="):-len(".json")], "sweep")
+        if lease.acquire():  # only an abandoned lease can be taken; a live run keeps its own
+            lease.release()
+            removed += 1
+    return removed
+
+
 def manifest_uri(out: str, sid: str) -> str:
     return storage.join(out, MANIFEST_DIR, f"shard={sid}", "part-0.parquet")
 
 
+NAME_MAX = 255  # bytes per path component on ext4, XFS, APFS, NTFS...
+
+
 def output_uri(out: str, relpath: str, fmt: str) -> str:
-    """<out>/images/<relative path of the input>.<fmt>: mirrors the input tree, never escapes <out>."""
+    """<out>/images/<relative path of the input>.<fmt> (absolute): mirrors the input tree, never escapes
+    <out>, and no two inputs ever share an output, on any store:
+
+    - the format's extension is always appended (a.jpg -> a.jpg.png, a.jpg.png -> a.jpg.png.png);
+    - a path that is not all lower case NFC without '~' gets '~' + 16 hex digits of its own hash
+      (IMG_1.JPG -> IMG_1.JPG~<hash>.png), so names that differ only in case or Unicode form stay
+      apart on case-insensitive stores (macOS, Windows shares);
+    - a name longer than 255 bytes is shortened and gets the hash too."""
     rel = storage.safe_relpath(relpath)
-    ext = os.path.splitext(rel)[1].lower().lstrip(".")
-    if not (ext == fmt or {ext, fmt} <= {"jpg", "jpeg"}):  # keep a.png / a.jpg as is, a.jpg -> a.jpg.png
-        rel = f"{rel}.{fmt}"
-    return storage.join(out, IMAGES_DIR, rel)
+    folders, name = rel.split("/")[:-1], rel.split("/")[-1]
+    tag = "~" + hashlib.sha256(relpath.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    canonical = "~" not in rel and unicodedata.normalize("NFC", rel).casefold() == rel
+    final = f"{name}.{fmt}" if canonical else f"{name}{tag}.{fmt}"
+    if len(final.encode("utf-8", "surrogateescape")) > NAME_MAX:
+        final = _shorten(name, f"{tag}.{fmt}")
+    folders = [f if len(f.encode("utf-8", "surrogateescape")) <= NAME_MAX else
+               _shorten(f, "~" + hashlib.sha256(f.encode("utf-8", "surrogateescape")).hexdigest()[:16])
+               for f in folders]
+    if not storage.is_remote(out):
+        out = os.path.abspath(out)
+    return storage.join(out, IMAGES_DIR, *folders, final)
+
+
+def _shorten(name: str, suffix: str) -> str:
+    """`name` cut (at a character boundary) so that name + suffix fits in NAME_MAX bytes."""
+    budget = NAME_MAX - len(suffix.encode("utf-8", "surrogateescape"))
+    head = name.encode("utf-8", "surrogateescape")[:budget].decode("utf-8", "ignore")
+    return head + suffix

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from rasr import catalog, images, storage
+from rasr import catalog, faults, images, storage
 from rasr.catalog import Item
 from rasr.manifest import empty_row
 
@@ -74,7 +74,7 @@ class EnhanceConfig:
             d.pop(k)
         if images.is_lossy(self.output_format) and self.quality != images.DEFAULT_QUALITY:
             d["quality"] = self.quality
-        d["db"] = storage.redact(self.db) if self.db else None
+        d["db"] = storage.redact(storage.normalise(self.db)) if self.db else None
         return d
 
     def encoding(self) -> images.Encoding:
@@ -136,10 +136,8 @@ def _check_locations(input: str, output: str) -> None:
         if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
             raise UsageError(f"output {output} cannot be created: {parent} is not a writable folder")
     if storage.is_remote(input) == storage.is_remote(output):
-        if storage.is_remote(input):
-            norm = lambda u: u.rstrip("/") + "/"  # noqa: E731
-        else:  # resolved real paths: a symlinked OUTPUT inside INPUT is still inside it
-            norm = lambda u: os.path.realpath(u) + os.sep  # noqa: E731
+        # resolved real paths (a symlinked OUTPUT inside INPUT is still inside it), normalised prefixes
+        norm = lambda u: storage.normalise(u).rstrip("/") + "/"  # noqa: E731
         if norm(output).startswith(norm(input)):
             raise UsageError(f"output {storage.redact(output)} is inside input {storage.redact(input)}: "
                              f"outputs would be re-read as inputs")
@@ -176,11 +174,13 @@ class Plan:
         return sum(len(s.items) for s in self.shards)
 
 
-def plan(cfg: EnhanceConfig, input: str, output: str, shard_size: int, since: float | None = None) -> Plan:
+def plan(cfg: EnhanceConfig, input: str, output: str, shard_size: int, since: float | None = None,
+         follow_symlinks: bool = False) -> Plan:
     """List inputs, drop those finished shards cover (same config, same size and mtime), shard the rest.
 
-    since: only inputs modified at or after this epoch time (the nightly watermark)."""
-    items = catalog.list_inputs(input)
+    since: only inputs modified at or after this epoch time (the nightly watermark).
+    follow_symlinks: follow symlinks that point outside the input folder (else recorded as skipped)."""
+    items = catalog.list_inputs(input, follow_symlinks)
     listed = len(items)
     if since is not None:
         items = [i for i in items if (storage.mtime_seconds(i.mtime) or float("inf")) >= since]
@@ -313,24 +313,33 @@ class EnhanceWorker:
     def _load(self, item: Item, row: dict) -> tuple[dict, images.Decoded] | None:
         """Read + hash + decode one input; None (with the row filled in) when it cannot go on."""
         t0 = time.perf_counter()
+        if item.status:  # decided when listing: hidden, dangling symlink, symlink loop...
+            row.update(status=item.status, error=item.reason, processed_at=_now())
+            return None
         if not item.is_image:
             row.update(status="skipped", processed_at=_now(),
                        error=f"not an image file extension ({os.path.splitext(item.relpath)[1] or 'none'})")
             return None
         try:
             data = storage.read_bytes(item.uri)
-        except Exception as e:  # noqa: BLE001 - storage errors become the row's reason
+        except Exception as e:  # noqa: BLE001 - a file's own problem becomes its row's reason
+            if not storage.is_about_the_file(e):
+                raise  # the store is unavailable: fail the batch (its shard is redone), record no verdict
             row.update(status="error", error=f"cannot read: {storage.redact(e)}", processed_at=_now())
             return None
         t1 = time.perf_counter()
         row["sha256"] = sha256(data)
         row["timings_ms"]["read"] = (t1 - t0) * 1e3
         try:
+            faults.point("decode")
             dec = images.decode_image(data, max_pixels=self.cfg.max_pixels)
         except images.ImageError as e:
             row.update(status="error", error=str(e), processed_at=_now())
             return None
-        row.update(width=dec.width, height=dec.height, source_mode=dec.source_mode, alpha=dec.alpha is not None)
+        row.update(width=dec.width, height=dec.height, source_mode=dec.source_mode, alpha=dec.alpha is not None,
+                   frames=dec.frames)
+        for note in dec.notes:
+            _note(row, note)
         row["timings_ms"]["decode"] = (time.perf_counter() - t1) * 1e3
         return row, dec
 
@@ -373,7 +382,7 @@ class EnhanceWorker:
         t0 = time.perf_counter()
         with self._model_lock:
             try:
-                outs = self.restorer.restore(lrs, refs, prompts)
+                outs = self._restore_halving([row for row, _ in batch], lrs, refs, prompts)
             except Exception:  # noqa: BLE001 - isolate the failing input(s) by retrying one at a time
                 outs = []
                 for (row, _), lr, ref, prompt in zip(batch, lrs, refs, prompts):
@@ -393,6 +402,21 @@ class EnhanceWorker:
                 writes.popleft().result()
             writes.append(self._writers.submit(self._write, row, dec, hr, out))
 
+    def _restore_halving(self, rows: list[dict], lrs: list, refs: list, prompts: list) -> list:
+        """Restore a batch; on out-of-memory, restore each half on its own (recursively) and say so."""
+        try:
+            faults.point("restore")
+            return self.restorer.restore(lrs, refs, prompts)
+        except Exception as e:  # noqa: BLE001
+            if len(lrs) < 2 or not is_out_of_memory(e):
+                raise
+        free_accelerator_memory()
+        h = len(lrs) // 2
+        for row in rows:
+            _note(row, f"out of memory in a batch of {len(lrs)}: retried in batches of {h} and {len(lrs) - h}")
+        return (self._restore_halving(rows[:h], lrs[:h], refs[:h], prompts[:h])
+                + self._restore_halving(rows[h:], lrs[h:], refs[h:], prompts[h:]))
+
     def _write(self, row: dict, dec: images.Decoded, hr: np.ndarray, out: str) -> None:
         t0 = time.perf_counter()
         try:
@@ -401,11 +425,14 @@ class EnhanceWorker:
             data = images.encode_image(hr, self.encoding, alpha=alpha, grayscale=dec.grayscale)
             t1 = time.perf_counter()
             uri = catalog.output_uri(out, row["relpath"], self.encoding.extension)
-            storage.write_bytes(uri, data)
+            faults.point("image-write")
+            storage.write_bytes(uri, data, catalog.temp_dir(out))
             row.update(output_uri=uri, out_width=w, out_height=h, status="ok",
                        output_encoding=self.encoding.describe(alpha is not None))
             row["timings_ms"].update(encode=(t1 - t0) * 1e3, write=(time.perf_counter() - t1) * 1e3)
         except Exception as e:  # noqa: BLE001
+            if not storage.is_about_the_file(e) and not isinstance(e, (ValueError, images.ImageError)):
+                raise  # the store is unavailable: fail the batch (its shard is redone)
             row.update(status="error", error=f"cannot write output: {storage.redact(e)}")
         row["processed_at"] = _now()
         t = row["timings_ms"]
@@ -445,6 +472,22 @@ class EnhanceWorker:
         ref_tags = self._tagger.tags([ref], categories=[ref_category])[0] if ref is not None else ""
         row["tagger"] = self._tagger.name
         return build_prompt(lr_tags, ref_tags)
+
+
+def _note(row: dict, text: str) -> None:
+    row["notes"] = f"{row['notes']}; {text}" if row.get("notes") else text
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """CUDA/MPS/host out-of-memory, whichever library raised it."""
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e).lower()
+
+
+def free_accelerator_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def default_io_threads() -> int:

@@ -31,6 +31,8 @@ class Decoded:
     alpha: np.ndarray | None   # (H, W) uint8 or None
     grayscale: bool            # the source had no colour
     source_mode: str           # PIL mode of the file, e.g. "CMYK", "I;16"
+    frames: int = 1            # frames in the file (animated GIF/WebP, multi-page TIFF): the first is used
+    notes: tuple[str, ...] = ()  # what was done that the user should know (recorded in the manifest)
 
     @property
     def width(self) -> int:
@@ -70,15 +72,24 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = 
             f"raise --max-pixels or downscale the file")
     if width < 1 or height < 1:
         raise ImageError(f"invalid size {width}x{height}")
+    frames = int(getattr(img, "n_frames", 1) or 1)
+    notes = []
+    if frames > 1:
+        notes.append(f"{frames} frames (animated or multi-page): the first frame was enhanced, the others were not")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             img.load()
-            img = ImageOps.exif_transpose(img)
     except OSError as e:
         raise ImageError(f"corrupt or truncated image data: {e}") from None
     except Exception as e:  # noqa: BLE001
         raise ImageError(f"cannot decode image: {e}") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = ImageOps.exif_transpose(img)
+    except Exception as e:  # noqa: BLE001 - a broken EXIF block must not cost the photo
+        notes.append(f"EXIF unreadable ({e.__class__.__name__}): orientation not applied")
 
     mode = img.mode
     alpha = None
@@ -98,7 +109,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = 
     elif mode in ("RGBA", "RGBa"):
         alpha = np.asarray(img.getchannel("A")).copy()
     rgb = np.ascontiguousarray(np.asarray(img.convert("RGB")))
-    return Decoded(rgb=rgb, alpha=alpha, grayscale=grayscale, source_mode=mode)
+    return Decoded(rgb=rgb, alpha=alpha, grayscale=grayscale, source_mode=mode, frames=frames, notes=tuple(notes))
 
 
 OUTPUT_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "webp-lossless": "WEBP"}

@@ -40,6 +40,8 @@ SCHEMA = pa.schema([
     pa.field("out_height", pa.int32()),
     pa.field("source_mode", pa.string()),        # PIL mode of the input file (RGB, CMYK, I;16, ...)
     pa.field("alpha", pa.bool_()),               # the input had an alpha channel, kept in the output
+    pa.field("frames", pa.int32()),              # frames in the input (animated GIF/WebP): the first is enhanced
+    pa.field("notes", pa.string()),              # what was done that is worth knowing (OOM retry, first frame...)
     pa.field("shard_id", pa.string()),
     pa.field("run_id", pa.string()),
     pa.field("worker", pa.string()),              # host:pid of the model worker that produced the row
@@ -55,11 +57,11 @@ def empty_row() -> dict:
     return row
 
 
-def write_rows(uri: str, rows: list[dict], schema: pa.Schema = SCHEMA) -> None:
+def write_rows(uri: str, rows: list[dict], schema: pa.Schema = SCHEMA, tmp_dir: str | None = None) -> None:
     """Write rows as one Parquet file (whole-object write: no partial files under the final name)."""
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf, compression="zstd")
-    storage.write_bytes(uri, buf.getvalue())
+    storage.write_bytes(uri, buf.getvalue(), tmp_dir)
 
 
 def shard_table_uri(out: str, name: str, shard_id: str) -> str:

@@ -96,7 +96,9 @@ class _Located:
 # Two calls at once: while one call's last outputs are encoded and written, the next call's first
 # inputs are already being read, so the model does not idle between calls (the worker's locks keep
 # one batch at a time on the encoder and on the generator).
-@ray.remote(max_restarts=1, max_task_retries=1, max_concurrency=2)
+# A call whose actor dies is not retried by Ray on the same actor: run_shard sends it to the next
+# actor and records the retry (max_task_retries=0); a dead actor is restarted for later calls.
+@ray.remote(max_restarts=3, max_task_retries=0, max_concurrency=2)
 class EnhanceActor(_Located):
     """Holds an EnhanceWorker (encoder + gallery + generator) and its reader/writer threads."""
 
@@ -112,7 +114,7 @@ class EnhanceActor(_Located):
         return {"manifest": self.worker.process([Item(**i) for i in items], out, shard_id, run_id)}
 
 
-@ray.remote(max_restarts=1, max_task_retries=1)
+@ray.remote(max_restarts=3, max_task_retries=0)
 class EvalActor(_Located):
     """Holds an EvalWorker (every method's generator, encoders, gallery, metrics)."""
 

@@ -1,5 +1,7 @@
 """Listing, sharding, resume planning and output naming."""
 
+import os
+
 import pytest
 
 from rasr import catalog, storage
@@ -38,27 +40,85 @@ def test_covered_ignores_markers_of_other_configs():
 
 @pytest.mark.parametrize("rel, expected", [
     ("cats/a.jpg", "images/cats/a.jpg.png"),
-    ("a.png", "images/a.png"),
+    ("a.png", "images/a.png.png"),            # the extension is always appended: a.png and a can never meet
     ("../../etc/passwd", "images/__/__/etc/passwd.png"),
     ("/abs/x.jpg", "images/abs/x.jpg.png"),
-    ("a\\..\\b.jpg", "images/a/__/b.jpg.png"),
 ])
 def test_output_names_mirror_the_input_and_never_escape(rel, expected):
     assert catalog.output_uri("s3://bucket/out", rel, "png") == f"s3://bucket/out/{expected}"
 
 
-def test_list_inputs_sorted_with_relpaths_and_hidden_files_ignored(tmp_path):
+# Names a hostile (or merely large) archive holds: each pair collided or failed before.
+TRICKY = ["a.jpg", "a.jpg.png", "a", "a.png", "A.jpg", "a.JPG", "Cats/a.jpg", "cats/a.jpg", "cats/A.jpg",
+          "caf\u00e9.jpg", "cafe\u0301.jpg", "CAF\u00c9.jpg", "x~0123456789abcdef.jpg", "X.jpg", "x.jpg",
+          "a\\b.jpg", "a/b.jpg", "stra\u00dfe.jpg", "strasse.jpg", "-dash.jpg", "sp ace.jpg", "new\nline.jpg",
+          "\u65e5\u672c.jpg", "e" * 250 + ".jpg", "e" * 250 + ".JPG", "E" * 250 + ".jpg", "\u00e9" * 126 + ".jpg",
+          "d" * 300 + "/x.jpg", "d" * 300 + "/X.jpg", "D" * 300 + "/x.jpg"]
+
+
+def test_output_names_are_injective_even_on_case_insensitive_stores(tmp_path):
+    """No two inputs share an output, with names compared as a case- and Unicode-form-insensitive
+    store compares them; every name component fits in 255 bytes; nothing escapes images/."""
+    import unicodedata
+
+    outs = [catalog.output_uri(str(tmp_path), rel, "png") for rel in TRICKY]
+    folded = {unicodedata.normalize("NFC", o).casefold() for o in outs}
+    assert len(folded) == len(TRICKY)
+    root = str(tmp_path / "images") + "/"
+    for o in outs:
+        assert o.startswith(root)
+        assert all(len(part.encode()) <= 255 for part in o[len(root):].split("/"))
+    assert catalog.output_uri("out", "a.jpg", "png") == os.path.abspath("out/images/a.jpg.png")  # absolute
+
+
+def test_the_same_input_always_gets_the_same_name():
+    assert catalog.output_uri("s3://b/o", "IMG_1.JPG", "png") == catalog.output_uri("s3://b/o", "IMG_1.JPG", "png")
+    assert catalog.output_uri("s3://b/o", "IMG_1.JPG", "png").startswith("s3://b/o/images/IMG_1.JPG~")
+
+
+def test_long_names_write_and_leave_no_temporary_file(tmp_path):
+    """A 250-byte name fits; its temporary file must too (the suffix used to push it past 255)."""
+    uri = catalog.output_uri(str(tmp_path), "e" * 250 + ".jpg", "png")
+    storage.write_bytes(uri, b"x")
+    assert open(uri, "rb").read() == b"x"
+    assert os.listdir(os.path.dirname(uri)) == [os.path.basename(uri)]
+
+
+def test_list_inputs_accounts_for_hidden_files_and_folders(tmp_path):
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "x.jpg").write_bytes(b"1")
     (tmp_path / "a.png").write_bytes(b"22")
     (tmp_path / ".DS_Store").write_bytes(b"junk")
+    (tmp_path / "..x.jpg").write_bytes(b"junk")
+    (tmp_path / ".dir").mkdir()
+    (tmp_path / ".dir" / "y.jpg").write_bytes(b"333")
+    (tmp_path / ".dir" / "z.jpg").write_bytes(b"4444")
     got = catalog.list_inputs(str(tmp_path))
-    assert [(i.relpath, i.size) for i in got] == [("a.png", 2), ("b/x.jpg", 1)]
+    assert [(i.relpath, i.size, i.status) for i in got] == [
+        ("..x.jpg", 4, "skipped"), (".DS_Store", 4, "skipped"), (".dir", 7, "skipped"), ("a.png", 2, ""), ("b/x.jpg", 1, "")]
+    assert "hidden folder with 2 files" in got[2].reason and "hidden" in got[0].reason
+    assert [i.is_image for i in got] == [False, False, False, True, True]
     with pytest.raises(FileNotFoundError, match="does not exist"):
         catalog.list_inputs(str(tmp_path / "missing"))
 
 
-def test_redact_removes_credentials(monkeypatch):
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "sUp3rS3cret")
-    assert "sUp3rS3cret" not in storage.redact("failed with key sUp3rS3cret")
-    assert storage.redact("s3://user:pw@host/b") == "s3://user:***@host/b"
+def test_symlinks_are_never_followed_out_of_the_tree_or_into_a_loop(tmp_path):
+    src, outside = tmp_path / "in", tmp_path / "outside"
+    src.mkdir(), outside.mkdir()
+    (outside / "secret.jpg").write_bytes(b"s")
+    (src / "ok.jpg").write_bytes(b"1")
+    os.symlink(src / "ok.jpg", src / "inner.jpg")            # to a file inside: an input like any other
+    os.symlink(outside / "secret.jpg", src / "out.jpg")       # to a file outside: skipped unless asked
+    os.symlink(outside, src / "outdir")                       # to a folder outside: skipped unless asked
+    os.symlink(src, src / "self")                             # to its own folder: not listed twice
+    os.symlink(src / "loop2", src / "loop1")
+    os.symlink(src / "loop1", src / "loop2")
+    os.symlink(tmp_path / "gone.jpg", src / "dangling.jpg")
+    got = {i.relpath: i for i in catalog.list_inputs(str(src))}
+    assert {r: i.status for r, i in got.items()} == {
+        "dangling.jpg": "error", "inner.jpg": "", "loop1": "error", "loop2": "error", "ok.jpg": "",
+        "out.jpg": "skipped", "outdir": "skipped", "self": "skipped"}
+    assert "symlink loop" in got["loop1"].reason and "dangling" in got["dangling.jpg"].reason
+    assert "--follow-symlinks" in got["out.jpg"].reason
+    followed = {i.relpath: i.status for i in catalog.list_inputs(str(src), follow_symlinks=True)}
+    assert followed["out.jpg"] == "" and followed["outdir/secret.jpg"] == ""

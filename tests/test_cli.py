@@ -2,16 +2,14 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from PIL import Image
 
 from rasr.manifest import read_manifest
-from rasr.samples import as_rgb, load_photo, photo_names
+from rasr.samples import as_rgb, load_photo
 from tests.badinputs import PIXEL_LIMIT, write_bad_inputs
 
 RASR = [sys.executable, "-m", "flows.cli"]
@@ -101,36 +99,6 @@ def test_enhance_reports_failures_with_exit_code_3(cli_db, tmp_path):
     assert summary["images"] == str(tmp_path / "out" / "images")  # where the outputs are
 
 
-def test_kill_after_first_shard_then_resume(cli_db, tmp_path):
-    """A run killed mid-way and started again ends with exactly one manifest row per input."""
-    src, out = tmp_path / "in", tmp_path / "out"
-    names = photo_names()[:12]
-    for n in names:
-        (src / "photos").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(as_rgb(load_photo(n))).resize((40, 32)).save(src / "photos" / f"{n}.png")
-    args = ["enhance", str(src), str(out), "--db", cli_db, "--generator", "realesrgan", "--shard-size", "2"]
-    proc = subprocess.Popen([*RASR, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, env={**os.environ, **API_ENV})
-    done_dir = out / "_done"
-    deadline = time.time() + 240
-    while time.time() < deadline and not (done_dir.exists() and any(done_dir.iterdir())):
-        assert proc.poll() is None, "the run ended before its first shard was done"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the whole session: driver, Ray, workers
-    proc.wait()
-    done_at_kill = len(list(done_dir.iterdir()))
-    assert 1 <= done_at_kill < 6, "the kill must land mid-run"
-
-    r = run(*args)
-    assert r.returncode == 0, r.stderr
-    rows = read_manifest(str(out), latest=False).to_pylist()
-    assert len(rows) == len(names)
-    assert sorted(r["relpath"] for r in rows) == sorted(f"photos/{n}.png" for n in names)
-    assert all(r["status"] == "ok" for r in rows)
-    assert len(list(done_dir.iterdir())) == 6
-    assert summary_of(r.stdout)["already_done"] == str(2 * done_at_kill)  # finished shards were not redone
-
-
 # Engines that cannot be reached: a command that started Prefect or Ray would fail (exit 1) or hang.
 NO_ENGINES = {"PREFECT_API_URL": "http://127.0.0.1:9/api", "RAY_ADDRESS": "127.0.0.1:9"}
 
@@ -192,3 +160,33 @@ def test_other_commands_report_a_missing_input_before_any_engine(args, tmp_path)
                        timeout=120, env={**os.environ, **NO_ENGINES})
     assert r.returncode == 2 and "does not exist" in r.stderr, r.stderr[-2000:]
     assert os.listdir(tmp_path) == []
+
+
+def test_gc_lists_then_removes_what_vanished_inputs_left(tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    (src / "c").mkdir(parents=True)
+    for name in ("chelsea", "coffee", "rocket"):
+        Image.fromarray(as_rgb(load_photo(name))).resize((24, 20)).save(src / "c" / f"{name}.png")
+    assert run("enhance", str(src), str(out), "--generator", "bicubic").returncode == 0
+    gone = read_manifest(str(out)).to_pylist()[0]
+    os.unlink(gone["source_uri"])
+    assert os.path.exists(gone["output_uri"])
+
+    r = subprocess.run([*RASR, "gc", str(out)], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, **NO_ENGINES})  # gc starts no engine
+    assert r.returncode == 0, r.stderr
+    assert f"vanished {gone['source_uri']}" in r.stdout and summary_of(r.stdout)["vanished_inputs"] == "1"
+    assert os.path.exists(gone["output_uri"]) and len(read_manifest(str(out))) == 3  # listing changes nothing
+
+    r = subprocess.run([*RASR, "gc", str(out), "--input", str(src), "--apply"], capture_output=True, text=True,
+                       timeout=120, env={**os.environ, **NO_ENGINES})
+    assert r.returncode == 0, r.stderr
+    assert summary_of(r.stdout)["removed_rows"] == "1" and summary_of(r.stdout)["removed_images"] == "1"
+    rows = read_manifest(str(out), latest=False).to_pylist()
+    assert len(rows) == 2 and gone["relpath"] not in {x["relpath"] for x in rows}
+    assert not os.path.exists(gone["output_uri"])
+    markers = json.dumps([json.load(open(out / "_done" / f)) for f in os.listdir(out / "_done")])
+    assert gone["relpath"] not in markers  # re-created, the input would be enhanced again
+    again = subprocess.run([*RASR, "gc", str(out)], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, **NO_ENGINES})
+    assert summary_of(again.stdout)["vanished_inputs"] == "0"

@@ -1,0 +1,92 @@
+"""Stale outputs: rows and images of inputs that no longer exist, and leftovers of crashed writes.
+
+The manifest answers "what is the current output of each input"; an input deleted after its run
+would otherwise keep its `ok` row and its image for ever. `find_stale` lists them (the nightly flow
+reports the count); `collect` removes them: manifest rows first (so a crash in between leaves an
+orphan image, never a row pointing at nothing), then the images, then the inputs' entries in the
+done-markers. Temporary files older than an hour (a write killed mid-way) are removed too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from rasr import catalog, manifest, storage
+
+TEMP_MAX_AGE_S = 3600.0
+
+
+@dataclass
+class Stale:
+    """What `collect` would remove."""
+
+    rows: list[dict] = field(default_factory=list)    # every manifest row of a vanished input
+    sources: list[str] = field(default_factory=list)  # the vanished inputs (source_uri)
+    temp_files: list[str] = field(default_factory=list)
+
+    @property
+    def outputs(self) -> list[str]:
+        return sorted({r["output_uri"] for r in self.rows if r.get("output_uri")})
+
+
+def find_stale(output: str, input: str | None = None) -> Stale:
+    """Rows whose input is gone. With `input`, one listing decides; else each source is checked."""
+    table = manifest.read_manifest(output, latest=False)
+    rows = table.select(["source_uri", "relpath", "output_uri", "shard_id", "status"]).to_pylist()
+    sources = sorted({r["source_uri"] for r in rows})
+    if input is not None:
+        listed = {i.uri for i in catalog.list_inputs(input)}
+        gone = {s for s in sources if s not in listed}
+    else:
+        with ThreadPoolExecutor(16) as pool:
+            alive = dict(zip(sources, pool.map(_source_exists, sources)))
+        gone = {s for s, ok in alive.items() if not ok}
+    return Stale(rows=[r for r in rows if r["source_uri"] in gone], sources=sorted(gone),
+                 temp_files=_old_temp_files(output))
+
+
+def _source_exists(uri: str) -> bool:
+    if storage.is_remote(uri):
+        return storage.exists(uri)
+    return os.path.lexists(uri)  # a dangling symlink is still an input (recorded as an error)
+
+
+def _old_temp_files(output: str) -> list[str]:
+    if storage.is_remote(output) or not os.path.isdir(output):
+        return []  # object stores write whole objects: nothing half-written to collect
+    return [p for dirpath, _, _ in os.walk(output) for p in storage.stale_temp_files(dirpath, TEMP_MAX_AGE_S)]
+
+
+def collect(output: str, stale: Stale) -> dict:
+    """Remove what `stale` lists; returns counts. Safe to run again after a crash."""
+    gone = set(stale.sources)
+    shards = sorted({r["shard_id"] for r in stale.rows})
+    for sid in shards:  # 1. rows
+        uri = manifest.shard_table_uri(output, catalog.MANIFEST_DIR, sid)
+        table = manifest.read_table(output, catalog.MANIFEST_DIR, manifest.SCHEMA, shard_ids=[sid])
+        keep = [r for r in table.to_pylist() if r["source_uri"] not in gone]
+        if keep:
+            manifest.write_rows(uri, keep)
+        else:
+            storage.remove(uri)
+    removed = 0
+    for out_uri in stale.outputs:  # 2. images
+        if storage.exists(out_uri):
+            storage.remove(out_uri)
+            removed += 1
+    relpaths = defaultdict(set)  # 3. done-marker entries (a re-created input is then enhanced again)
+    for r in stale.rows:
+        relpaths[r["shard_id"]].add(r["relpath"])
+    for sid, rels in relpaths.items():
+        marker_uri = catalog.done_marker_uri(output, sid)
+        if not storage.exists(marker_uri):
+            continue
+        marker = storage.read_json(marker_uri)
+        marker["items"] = [it for it in marker.get("items", []) if it["relpath"] not in rels]
+        storage.write_json(marker_uri, marker)
+    for path in stale.temp_files:
+        storage.remove(path)
+    return {"inputs": len(gone), "rows": len(stale.rows), "images": removed, "temp_files": len(stale.temp_files)}
