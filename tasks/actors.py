@@ -179,9 +179,19 @@ class ActorPool:
                        for _ in range(spec.workers)]
         self.placement: list[dict] = []  # filled by actor_pool(): where each actor runs
         self._cycle = itertools.cycle(self.actors)
+        self._lost: set[int] = set()  # actors whose calls failed because they died (their node may be gone)
 
     def next(self):
-        return next(self._cycle)
+        """The next actor, skipping those that died (a lost node's actor may never come back)."""
+        for _ in range(len(self.actors)):
+            actor = next(self._cycle)
+            if id(actor) not in self._lost:
+                return actor
+        return next(self._cycle)  # all lost: let Ray restart one or say why
+
+    def lost(self, actor) -> None:
+        """Send no more calls to `actor` (it died mid-call)."""
+        self._lost.add(id(actor))
 
     def ready(self, timeout: float | None = None) -> list[dict]:
         """Wait until every actor has loaded its model; returns where each one runs.

@@ -63,7 +63,14 @@ def _process(s: Shard, out: str, run_id: str, cfg_hash: str, pool: ActorPool, pe
     t0 = time.perf_counter()
     items = [asdict(i) for i in s.items]
     batches = [items[i:i + per_call] for i in range(0, len(items), per_call)]
-    submit = lambda i: pool.next().process.remote(batches[i], out, s.id, run_id)  # noqa: E731
+    actor_of = {}
+
+    def submit(i: int):
+        actor = pool.next()
+        ref = actor.process.remote(batches[i], out, s.id, run_id)
+        actor_of[ref] = actor
+        return ref
+
     pending = {submit(i): i for i in range(len(batches))}
     results: dict[int, dict[str, list[dict]]] = {}
     retries: Counter = Counter()
@@ -80,6 +87,7 @@ def _process(s: Shard, out: str, run_id: str, cfg_hash: str, pool: ActorPool, pe
                     raise RuntimeError(f"shard {s.id}: batch {i} lost its worker {retries[i] + 1} times: "
                                        f"{root_cause(e)}") from None
                 retries[i] += 1
+                pool.lost(actor_of[ref])
                 pending[submit(i)] = i
                 continue
             if retries[i]:

@@ -24,6 +24,7 @@ from rasr.images import decode_image
 from rasr.manifest import read_manifest
 from rasr.samples import as_rgb, load_photo, photo_names
 from tests.badinputs import PIXEL_LIMIT, write_hostile_inputs
+from tests.test_cluster import cluster  # noqa: F401 - the two-node Ray cluster fixture
 
 pytestmark = pytest.mark.faults
 
@@ -356,3 +357,37 @@ def prefect_artifacts() -> list[dict]:
             return [a.model_dump(mode="json") for a in await client.read_artifacts(limit=200)]
 
     return asyncio.run(read())
+
+
+def test_a_node_removed_mid_run_loses_nothing(cluster, prefect_harness, tmp_path):
+    """Two-node Ray cluster; the node of one actor is killed (its raylet and workers) mid-run: the
+    batches it held are redone on the surviving actor, and every input ends with exactly one row."""
+    import psutil
+
+    src, out = str(tmp_path / "in"), str(tmp_path / "out")
+    names = write_photos(src, 12)
+    reference = reference_outputs(src, str(tmp_path / "ref"))
+    args = ["enhance", src, out, "--generator", "bicubic", "--ray-address", cluster, "--workers", "2",
+            "--gpus-per-worker", "0", "--worker-resources", '{"rasr_slot": 1}', "--shard-size", "1"]
+    proc = subprocess.Popen([*RASR, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PREFECT_API_URL": prefect_harness})
+    done_dir = os.path.join(out, "_done")
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and \
+            (not os.path.isdir(done_dir) or len(os.listdir(done_dir)) < 2):
+        time.sleep(0.05)
+    raylets = [p for p in psutil.process_iter(["cmdline"])
+               if "raylet" in " ".join(p.info["cmdline"] or [])[:300] and "gpu_node" in " ".join(p.info["cmdline"] or [])]
+    assert len(raylets) == 1, "the second node's raylet"
+    victims = [raylets[0], *raylets[0].children(recursive=True)]
+    for p in victims:
+        with contextlib.suppress(psutil.Error):
+            p.send_signal(signal.SIGKILL)
+    removed_at = len(os.listdir(done_dir))
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert removed_at < 12, "the node must be removed mid-run"
+    assert int(summary_of(stdout)["retried_batches"]) >= 1  # the lost node's batches, redone and reported
+    assert_consistent(out, names, reference)
+    report("node_removed", shards_done_at_removal=removed_at, retried_batches=int(summary_of(stdout)["retried_batches"]),
+           rows=len(names), rows_lost=0, duplicates=0)
