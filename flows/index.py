@@ -17,7 +17,7 @@ from rasr import catalog, storage
 from rasr.encoders import DEFAULT_ENCODER, load_encoder
 from rasr.gallery import DEFAULT_TABLE, Gallery
 from rasr.images import DEFAULT_MAX_PIXELS
-from rasr.indexer import plan_index
+from rasr.indexer import NEAR_DUPLICATE, hygiene, plan_index
 from flows._common import flow_setup, publish_summary
 from tasks import progress
 from tasks.actors import EmbedActor, actor_pool
@@ -31,7 +31,7 @@ def index_gallery(gallery: str, db: str, encoder: str = DEFAULT_ENCODER, encoder
                   workers: int | None = None, gpus_per_worker: float | None = None,
                   worker_resources: dict | None = None, ray_address: str | None = None,
                   max_pixels: int = DEFAULT_MAX_PIXELS, compact: bool = True, keep_versions_minutes: float = 10.0,
-                  show_progress: bool = False) -> dict:
+                  min_ref_side: int = 32, near_duplicate: float = NEAR_DUPLICATE, show_progress: bool = False) -> dict:
     """Embed a gallery folder or s3:// prefix into a LanceDB table; only new/changed files are embedded."""
     flow_setup()
     log = get_run_logger()
@@ -42,16 +42,21 @@ def index_gallery(gallery: str, db: str, encoder: str = DEFAULT_ENCODER, encoder
         probe = load_encoder(encoder, weights=encoder_weights, device="cpu")
         g = Gallery.create_or_open(db, table, encoder, probe.dim, probe.weights_id)
         del probe
+        if g.upgrade_hint:
+            log.warning(g.upgrade_hint)
         plan = plan_index(listing, g.files())
         log.info(f"gallery {storage.redact(gallery)}: {len(listing)} files, {len(plan.to_embed)} to embed, "
                  f"{len(plan.to_delete)} vanished, {plan.unchanged} unchanged")
         errors: list[dict] = []
+        excluded: list[dict] = []  # too small to be a reference (--min-ref-side)
+        new_rows: list[dict] = []
         embedded = 0
         if plan.to_embed:
             key = f"index-{g.name}"
             progress.start(key, len(plan.to_embed), "embedding", show_progress)
             try:
                 with actor_pool(EmbedActor, encoder, encoder_weights, max_pixels, batch_size=batch_size,
+                                preprocessing=g.preprocessing, views=g.views, min_side=min_ref_side,
                                 workers=workers, gpus_per_worker=gpus_per_worker, resources=worker_resources,
                                 address=ray_address) as pool:
                     shards = [plan.to_embed[i:i + shard_size] for i in range(0, len(plan.to_embed), shard_size)]
@@ -60,13 +65,16 @@ def index_gallery(gallery: str, db: str, encoder: str = DEFAULT_ENCODER, encoder
                         rows, errs = fut.result()
                         g.upsert(rows)
                         embedded += len(rows)
-                        errors.extend(errs)
+                        new_rows.extend(rows)
+                        errors.extend(e for e in errs if not e.get("excluded"))
+                        excluded.extend(e for e in errs if e.get("excluded"))
             finally:
                 progress.close(key)
-        # files that failed to decode must not stay in the table with stale vectors
-        indexed = g.files() if errors else {}
-        stale = plan.to_delete + [e["uri"] for e in errors if e["uri"] in indexed]
+        # files that failed to decode (or are now too small) must not stay in the table with stale vectors
+        indexed = g.files() if errors or excluded else {}
+        stale = plan.to_delete + [e["uri"] for e in errors + excluded if e["uri"] in indexed]
         deleted = g.delete_uris(stale) if stale else 0
+        report = hygiene(g, new_rows, near_duplicate)
         maint = (g.maintain(compact=compact, keep_versions_for=dt.timedelta(minutes=keep_versions_minutes))
                  if (embedded or deleted) else {"rows": g.count(), "index": None})
         versions = len(g.table.list_versions())
@@ -75,6 +83,8 @@ def index_gallery(gallery: str, db: str, encoder: str = DEFAULT_ENCODER, encoder
         "files": len(listing), "embedded": embedded, "deleted": len(plan.to_delete), "unchanged": plan.unchanged,
         "failed": len(errors), "rows": maint["rows"], "versions": versions,
         "ann_index": maint.get("index") or "none (exact search)",
+        "preprocessing": g.preprocessing, "views": g.views, "excluded_small": len(excluded),
+        **{k: len(v) for k, v in report.items()}, "hygiene": {**report, "excluded_small": excluded},
         "seconds": round(time.perf_counter() - t0, 2),
     }
     publish_summary("index-summary", summary, errors=errors,

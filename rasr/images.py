@@ -112,6 +112,26 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = 
     return Decoded(rgb=rgb, alpha=alpha, grayscale=grayscale, source_mode=mode, frames=frames, notes=tuple(notes))
 
 
+# libjpeg's quality-50 luminance table: a file's table is this scaled by 50/q (q < 50) or (2 - q/50)
+_JPEG_LUMA_50 = np.array([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+                          14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113,
+                          92, 49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], np.float64)
+
+
+def jpeg_quality(data: bytes) -> int | None:
+    """The libjpeg quality a JPEG was saved at, estimated from its luminance table (None: not a JPEG)."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        tables = getattr(img, "quantization", None) if img.format == "JPEG" else None
+    except Exception:  # noqa: BLE001
+        return None
+    if not tables or 0 not in tables:
+        return None
+    scale = float(np.mean(np.asarray(tables[0], np.float64)) / _JPEG_LUMA_50.mean() * 100)
+    quality = (200 - scale) / 2 if scale <= 100 else 5000 / scale
+    return int(round(min(100, max(1, quality))))
+
+
 OUTPUT_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "webp-lossless": "WEBP"}
 LOSSY_FORMATS = ("jpg", "jpeg", "webp")
 # Chosen by bench/encoding.py on real 512 px outputs (docs/PERFORMANCE.md): zlib level 1 writes PNGs

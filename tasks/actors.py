@@ -134,12 +134,14 @@ class EvalActor(_Located):
 class EmbedActor(_Located):
     """Holds an encoder for gallery indexing."""
 
-    def __init__(self, encoder: str, weights: str | None, max_pixels: int, cpus: float, batch_size: int = 32):
+    def __init__(self, encoder: str, weights: str | None, max_pixels: int, cpus: float, batch_size: int = 32,
+                 preprocessing: str = "crop", views: str = "clean", min_side: int = 0):
         _threads(cpus)
         from rasr.encoders import load_encoder
         from rasr.indexer import Embedder
 
-        self.embedder = Embedder(load_encoder(encoder, weights=weights, batch_size=batch_size), max_pixels)
+        self.embedder = Embedder(load_encoder(encoder, weights=weights, batch_size=batch_size), max_pixels,
+                                 preprocessing, views, min_side)
 
     def info(self) -> dict:
         enc = self.embedder.encoder
@@ -152,6 +154,22 @@ class EmbedActor(_Located):
         for r in rows:
             r["vector"] = r["vector"].tolist()
         return rows, errors
+
+
+@ray.remote(max_restarts=3, max_task_retries=1)
+class SearchActor(_Located):
+    """Holds a Searcher (encoder + gallery) for batch retrieval."""
+
+    def __init__(self, db: str, table: str | None, encoder_weights: str | None, cpus: float):
+        _threads(cpus)
+        from rasr.search import Searcher
+
+        self.searcher = Searcher(db, table, encoder_weights)
+
+    def search(self, items: list[dict], k: int, category: str | None) -> list[dict]:
+        from rasr.catalog import Item
+
+        return self.searcher.search([Item(**i) for i in items], k, category)
 
 
 def root_cause(e: BaseException) -> str:

