@@ -140,15 +140,25 @@ def test_usage_errors_exit_2_before_any_engine_and_create_nothing(case, cli_db, 
     assert sorted(os.listdir(tmp_path)) == before  # no output folder, no empty DB folder
 
 
-def test_noop_rerun_starts_no_engine(cli_db, tmp_path):
-    src, out = tmp_path / "in", tmp_path / "out"
+@pytest.fixture(scope="module")
+def small_run(cli_db, tmp_path_factory):
+    """One finished bicubic run of three photos: the no-op rerun test reads it, the gc test then
+    deletes one of its inputs (in that order)."""
+    root = tmp_path_factory.mktemp("small")
+    src, out = root / "in", root / "out"
     (src / "c").mkdir(parents=True)
-    Image.fromarray(as_rgb(load_photo("chelsea"))).resize((24, 20)).save(src / "c" / "cat.png")
+    for name in ("chelsea", "coffee", "rocket"):
+        Image.fromarray(as_rgb(load_photo(name))).resize((24, 20)).save(src / "c" / f"{name}.png")
     args = ["enhance", str(src), str(out), "--db", cli_db, "--generator", "bicubic"]
     assert run(*args).returncode == 0
+    return src, out, args
+
+
+def test_noop_rerun_starts_no_engine(small_run):
+    _, _, args = small_run
     r = subprocess.run([*RASR, *args], capture_output=True, text=True, timeout=120, env={**os.environ, **NO_ENGINES})
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "nothing new" in r.stdout and summary_of(r.stdout)["already_done"] == "1"
+    assert "nothing new" in r.stdout and summary_of(r.stdout)["already_done"] == "3"
 
 
 @pytest.mark.parametrize("args", [["index", "{tmp}/nope", "--db", "{tmp}/refs.lance"],
@@ -162,12 +172,8 @@ def test_other_commands_report_a_missing_input_before_any_engine(args, tmp_path)
     assert os.listdir(tmp_path) == []
 
 
-def test_gc_lists_then_removes_what_vanished_inputs_left(tmp_path):
-    src, out = tmp_path / "in", tmp_path / "out"
-    (src / "c").mkdir(parents=True)
-    for name in ("chelsea", "coffee", "rocket"):
-        Image.fromarray(as_rgb(load_photo(name))).resize((24, 20)).save(src / "c" / f"{name}.png")
-    assert run("enhance", str(src), str(out), "--generator", "bicubic").returncode == 0
+def test_gc_lists_then_removes_what_vanished_inputs_left(small_run):
+    src, out, _ = small_run
     gone = read_manifest(str(out)).to_pylist()[0]
     os.unlink(gone["source_uri"])
     assert os.path.exists(gone["output_uri"])

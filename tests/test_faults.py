@@ -288,7 +288,7 @@ def test_index_and_enhance_through_a_faulty_store_then_with_the_store_down(s3_se
     archive = tmp_path / "archive"
     names = write_photos(archive, 8, size=(32, 24))
     for kind, root in (("gallery", sample_dirs["gallery"]), ("archive", str(archive))):
-        for rel in files_under(root)[:4 if kind == "gallery" else None]:
+        for rel in files_under(root)[:3 if kind == "gallery" else None]:
             s3.upload_file(os.path.join(root, rel), bucket, f"{kind}/{rel}")
     proxy = FaultProxy(s3_server, rate=0.05, seed=int(os.environ.get("RASR_FAULT_SEED", 7)))
     env = {"PREFECT_API_URL": prefect_harness, "AWS_ENDPOINT_URL": proxy.url, "RASR_S3_ATTEMPTS": "4"}
