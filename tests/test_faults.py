@@ -24,6 +24,7 @@ from rasr.images import decode_image
 from rasr.manifest import read_manifest
 from rasr.samples import as_rgb, load_photo, photo_names
 from tests.badinputs import PIXEL_LIMIT, write_hostile_inputs
+from tests.test_cli import summary_of
 from tests.test_cluster import cluster  # noqa: F401 - the two-node Ray cluster fixture
 
 pytestmark = pytest.mark.faults
@@ -260,14 +261,6 @@ def test_a_dying_worker_is_replaced_and_a_shard_claimed_by_another_run_is_left_t
     report("worker_faults", actor_deaths=1, retried_batches=int(summary["retried_batches"]),
            deferred_inputs=4, rows=len(read_manifest(out, latest=False)), rows_lost=0, duplicates=0)
 
-
-def summary_of(stdout: str) -> dict[str, str]:
-    out = {}
-    for line in stdout.splitlines():
-        parts = line.split(None, 1)
-        if line.startswith("  ") and len(parts) == 2:
-            out[parts[0]] = parts[1].strip()
-    return out
 
 
 # ---- object-store faults ------------------------------------------------------------------------------
