@@ -14,7 +14,8 @@ degradation; every figure is the mean over several seeded splits (one split move
 
 For each encoder configuration: top-1 and top-5 category accuracy (is the first / any of the first 5
 references of the query's category), mean cosine similarity of the chosen reference, and the time
-per image (one thread) to index a gallery photo (degraded views included) and to embed a query. Baselines: a colour histogram (8x8x8 RGB bins, cosine) and
+per image (one thread) to index a gallery photo (degraded views included) and to embed a query.
+Baselines: a colour histogram (8x8x8 RGB bins, cosine) and
 the majority class. The last line is one JSON object.
 
 Configurations: <encoder>:<preprocessing>[+degraded-gallery], preprocessing in crop (the centre crop
@@ -41,17 +42,18 @@ from PIL import Image, ImageFilter
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.photosets import load_photosets  # noqa: E402
-from rasr.encoders import load_encoder  # noqa: E402
-from rasr.indexer import degraded_copy, view_seed  # noqa: E402
+from bench.photosets import load_photosets
+from rasr.encoders import load_encoder
+from rasr.indexer import degraded_copy, view_seed
 
 DEGRADATIONS = ("realesrgan-x4", "x2-blur-noise-jpeg40", "bicubic-x4")
-# the first is the old default (centre crop, clean gallery), the second today's default
-DEFAULT_CONFIGS = ("efficientnet-lite0:crop", "efficientnet-lite0:letterbox+degraded-gallery",
-                   "efficientnet-lite0:squash", "efficientnet-lite0:letterbox", "efficientnet-lite0:pool",
-                   "efficientnet-lite0:crop+degraded-gallery", "efficientnet-lite0:letterbox+degraded-gallery2",
-                   "efficientnet-lite0:crop+degraded-gallery+flip", "efficientnet-lite1:letterbox",
-                   "efficientnet-lite2:letterbox", "efficientnet-lite2:letterbox+degraded-gallery")
+# the first is the old default (Lite0, centre crop, clean gallery), the second today's default
+DEFAULT_CONFIGS = ("efficientnet-lite0:crop", "efficientnet-lite1:letterbox+degraded-gallery",
+                   "efficientnet-lite0:letterbox+degraded-gallery", "efficientnet-lite0:letterbox",
+                   "efficientnet-lite0:squash", "efficientnet-lite0:pool", "efficientnet-lite0:letterbox+degraded-gallery2",
+                   "efficientnet-lite0:letterbox+degraded-gallery+flip", "efficientnet-lite1:crop",
+                   "efficientnet-lite1:letterbox", "efficientnet-lite2:letterbox",
+                   "efficientnet-lite2:letterbox+degraded-gallery")
 
 
 def shrink(rgb: np.ndarray, max_side: int = 512) -> np.ndarray:

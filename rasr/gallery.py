@@ -183,12 +183,19 @@ class Gallery:
 
     @property
     def upgrade_hint(self) -> str | None:
-        """What an older table misses, or None when it has today's defaults."""
-        if (self.preprocessing, self.views) == (GALLERY_PREPROCESSING, GALLERY_VIEWS):
+        """What an older table misses, or None when it has today's defaults (another encoder chosen on
+        purpose is not an upgrade; only the old default efficientnet-lite0 is)."""
+        from rasr.encoder_names import DEFAULT_ENCODER
+
+        old_encoder = self.encoder == "efficientnet-lite0"
+        if (self.preprocessing, self.views) == (GALLERY_PREPROCESSING, GALLERY_VIEWS) and not old_encoder:
             return None
-        return (f"table {self.name} was indexed with preprocessing={self.preprocessing}, views={self.views}; "
-                f"a table indexed today uses {GALLERY_PREPROCESSING}, {GALLERY_VIEWS} (+17 points top-1 on "
-                f"degraded photos in bench/retrieval_quality.py): re-index into a new DB or --table for better results")
+        encoder = f"encoder {self.encoder}, " if old_encoder else ""
+        today = f"{DEFAULT_ENCODER}, " if old_encoder else ""
+        return (f"table {self.name} was indexed with {encoder}preprocessing={self.preprocessing}, views={self.views}; "
+                f"a table indexed today uses {today}{GALLERY_PREPROCESSING}, {GALLERY_VIEWS} (+15 points top-1 on "
+                f"degraded photos in bench/retrieval_quality.py): re-index into a new DB or --table"
+                f"{' with --encoder ' + DEFAULT_ENCODER if old_encoder else ''} for better results")
 
     @property
     def dim(self) -> int:
@@ -510,6 +517,17 @@ def choose_table(names: list[str], db_uri: str, table: str | None = None, encode
         raise GalleryError(f"cannot choose a table in {shown} (table={table!r}, encoder={encoder!r}); "
                            f"tables there: {', '.join(names)}; pass --table NAME")
     return candidates[0]
+
+
+def table_encoder(db_uri: str, name: str = DEFAULT_TABLE) -> str | None:
+    """The encoder of the one existing `<name>__<encoder>` table in db_uri, or None (no DB yet, no such
+    table, or several): re-indexing without --encoder keeps writing the table a gallery already has."""
+    from rasr.encoder_names import ENCODERS
+
+    if not storage.is_remote(db_uri) and not storage.exists(db_uri):
+        return None
+    found = [e for e in ENCODERS if table_name(name, e) in set(list_tables(db_uri))]
+    return found[0] if len(found) == 1 else None
 
 
 def list_tables(db_uri: str) -> list[str]:

@@ -1,16 +1,19 @@
-"""Evaluation outputs people read: Table 1 / Table 5 in Markdown, and a self-contained HTML report."""
+"""Evaluation outputs people read: Table 1 / Table 5 in Markdown, and a self-contained HTML report
+(real tables, the shared before/after viewer of rasr/pages.py, one template)."""
 
 from __future__ import annotations
 
-import base64
-import html
 import io
+import os
+import re
 
 import numpy as np
 import pandas as pd
 
-from rasr import images, storage
+from rasr import images, pages, storage
+from rasr.encoder_names import TABLE5_ENCODERS
 from rasr.metrics import METRICS, higher_is_better
+from rasr.pages import esc
 
 COLUMNS = ("psnr", "ssim", "lpips", "dists", "fid", "niqe", "musiq", "clipiqa")  # Table 1's order
 LABELS = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "dists": "DISTS", "fid": "FID", "niqe": "NIQE",
@@ -46,6 +49,17 @@ def _cell(name: str, value, base, status: str) -> str:
     return text
 
 
+def _baseline_row(summary: pd.DataFrame, baseline: str | None):
+    if not baseline:
+        return None
+    match = summary[(summary["method"] == baseline)]
+    return match.iloc[0] if len(match) else None
+
+
+def _is_base(r, base_row) -> bool:
+    return base_row is not None and r["method"] == base_row["method"] and r["ref_mode"] == base_row["ref_mode"]
+
+
 def table1_markdown(summary: pd.DataFrame, status: dict[str, str], baseline: str | None) -> str:
     """Rows = methods, columns = the paper's metrics, (delta) against the baseline method; the last row
     says which metrics are unavailable and why."""
@@ -53,12 +67,9 @@ def table1_markdown(summary: pd.DataFrame, status: dict[str, str], baseline: str
     arrows = {c: "↑" if higher_is_better(c) else "↓" for c in cols}
     head = "| Method | Images | " + " | ".join(f"{LABELS[c]}{arrows[c]}" for c in cols) + " |"
     lines = [head, "|" + "---|" * (len(cols) + 2)]
-    base_row = None
-    if baseline:
-        match = summary[(summary["method"] == baseline)]
-        base_row = match.iloc[0] if len(match) else None
+    base_row = _baseline_row(summary, baseline)
     for _, r in summary.iterrows():
-        is_base = base_row is not None and r["method"] == base_row["method"] and r["ref_mode"] == base_row["ref_mode"]
+        is_base = _is_base(r, base_row)
         cells = [_cell(c, r.get(c), None if (base_row is None or is_base) else base_row.get(c), status[c])
                  for c in cols]
         label = run_label(r["method"], r["ref_mode"]) + (" *(baseline)*" if is_base else "")
@@ -67,17 +78,17 @@ def table1_markdown(summary: pd.DataFrame, status: dict[str, str], baseline: str
     return "\n".join(lines)
 
 
-def table5_markdown(retrieval: pd.DataFrame, summary: pd.DataFrame, encoder_status: dict[str, str],
-                    method: str | None, primary: str | None) -> str:
-    """Retrieval encoders: top-1 category accuracy under degradation (+ the method's metrics with them)."""
+def _table5(retrieval: pd.DataFrame, summary: pd.DataFrame, encoder_status: dict[str, str], method: str | None,
+            primary: str | None) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """Table 5 as text cells: (head, [(status, [encoder, queries, accuracy, similarity, *metrics])])."""
     metric_cols = ["psnr", "ssim", "lpips", "dists"] if method else []
     head = ["Encoder", "Queries", "Top-1 category acc.", "Mean similarity"] + [LABELS[c] for c in metric_cols]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for enc in ("random", "vgg16", "clip", "dinov2", "efficientnet-lite0"):
+    rows = []
+    for enc in ("random", *TABLE5_ENCODERS):
         st = encoder_status.get(enc, "not requested")
         sub = retrieval[retrieval["encoder"] == enc] if len(retrieval) else retrieval
         if st != "ok" or sub.empty:
-            lines.append(f"| {enc} | - | {st} | - |" + " - |" * len(metric_cols))
+            rows.append((st, [enc, "-", st, "-"] + ["-"] * len(metric_cols)))
             continue
         acc = f"{100 * sub['match'].mean():.1f}%"
         sim = "-" if sub["similarity"].isna().all() else f"{sub['similarity'].mean():.4f}"
@@ -87,22 +98,121 @@ def table5_markdown(retrieval: pd.DataFrame, summary: pd.DataFrame, encoder_stat
             m = summary[(summary["method"] == method) & (summary["ref_mode"] == mode)]
             cells = [f"{m.iloc[0][c]:.{DIGITS[c]}f}" if len(m) and pd.notna(m.iloc[0][c]) else "-"
                      for c in metric_cols]
-        lines.append(f"| {enc} | {len(sub)} | {acc} | {sim} |" + "".join(f" {c} |" for c in cells))
-    return "\n".join(lines)
+        rows.append(("ok", [enc, str(len(sub)), acc, sim] + cells))
+    return head, rows
+
+
+def table5_markdown(retrieval: pd.DataFrame, summary: pd.DataFrame, encoder_status: dict[str, str],
+                    method: str | None, primary: str | None) -> str:
+    """Retrieval encoders: top-1 category accuracy under degradation (+ the method's metrics with them)."""
+    head, rows = _table5(retrieval, summary, encoder_status, method, primary)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for _, cells in rows])
 
 
 # ---- HTML ---------------------------------------------------------------------------------------
 
-def _img_tag(rgb: np.ndarray, title: str, size: int = 160) -> str:
+def _num(value) -> bool:
+    return value is not None and not (isinstance(value, float) and np.isnan(value))
+
+
+def table1_html(summary: pd.DataFrame, status: dict[str, str], baseline: str | None) -> str:
+    """Table 1 as an HTML table: numbers right-aligned, the best value of each column marked, deltas
+    against the baseline coloured (green better, red worse); unavailable metrics read "n/a"."""
+    cols = [c for c in COLUMNS if c in status]
+    head = ["Method", "Images"] + [f"{LABELS[c]}{'↑' if higher_is_better(c) else '↓'}" for c in cols]
+    base_row = _baseline_row(summary, baseline)
+    records = [r for _, r in summary.iterrows()]
+    body, classes, marks = [], [], {}
+    for j, c in enumerate(cols, start=2):
+        values = [r.get(c) for r in records]
+        good = [v for v in values if _num(v)]
+        if status[c] != "ok":
+            marks.update({(i, j): "na" for i in range(len(records))})
+        elif len(good) > 1:  # ties (at the digits shown) are all marked
+            best = round(max(good) if higher_is_better(c) else min(good), DIGITS[c])
+            marks.update({(i, j): "best" for i, v in enumerate(values) if _num(v) and round(v, DIGITS[c]) == best})
+    for r in records:
+        is_base = _is_base(r, base_row)
+        cells = [esc(run_label(r["method"], r["ref_mode"])) + (' <span class="mut">(baseline)</span>' if is_base else ""),
+                 str(int(r["images"]))]
+        for c in cols:
+            v, b = r.get(c), None if (base_row is None or is_base) else base_row.get(c)
+            if status[c] != "ok":
+                cells.append("n/a")
+            elif not _num(v):
+                cells.append("-")
+            else:
+                text = f"{v:.{DIGITS[c]}f}"
+                if _num(b) and round(v - b, DIGITS[c]) != 0:
+                    better = (v > b) == higher_is_better(c)
+                    text += f'<span class="dl {"good" if better else "bad"}">{v - b:+.{DIGITS[c]}f}</span>'
+                cells.append(text)
+        body.append(cells)
+        classes.append("base" if is_base else "")
+    return pages.table(head, body, numeric=set(range(1, len(head))), row_classes=classes, cell_classes=marks)
+
+
+def table5_html(retrieval: pd.DataFrame, summary: pd.DataFrame, encoder_status: dict[str, str],
+                method: str | None, primary: str | None) -> str:
+    """Table 5 as an HTML table; encoders that did not run say so in one word, their reasons below it."""
+    head, rows = _table5(retrieval, summary, encoder_status, method, primary)
+    body, marks, reasons = [], {}, []
+    for i, (st, cells) in enumerate(rows):
+        if st != "ok":
+            word = "not requested" if st == "not requested" else "unavailable"
+            body.append([esc(cells[0]), "-", word] + ["-"] * (len(cells) - 3))
+            marks[(i, 2)] = "na"
+            if word == "unavailable":
+                reasons.append(f"<li><b>{esc(cells[0])}</b>: {esc(st.removeprefix('unavailable: '))}</li>")
+        else:
+            body.append([esc(c) for c in cells])
+    for j in [2] + list(range(4, len(head))):  # accuracy and the method's metrics: mark the best
+        name = next((c for c in COLUMNS if LABELS[c] == head[j]), None)
+        values = {i: float(cells[j].rstrip("%")) for i, (st, cells) in enumerate(rows) if st == "ok" and cells[j] != "-"}
+        if len(values) > 1:
+            best = (min if name and not higher_is_better(name) else max)(values.values())
+            marks.update({(i, j): "best" for i, v in values.items() if v == best})
+    note = f'<div class="note">Encoders not evaluated:<ul>{"".join(reasons)}</ul></div>' if reasons else ""
+    return pages.table(head, body, numeric=set(range(1, len(head))), cell_classes=marks) + note
+
+
+_MISSING = re.compile(r"(\S+) (?:is missing|has the wrong sha256) \(copy it from (\S+)\)")
+
+
+def unavailable_note(status: dict[str, str]) -> str:
+    """One short note: which metrics are unavailable, and each weight file they need with where it goes."""
+    off = {n: s for n, s in status.items() if s != "ok"}
+    if not off:
+        return ""
+    files: dict[str, tuple[str, list[str]]] = {}
+    other = []
+    for name, reason in off.items():
+        found = _MISSING.findall(reason)
+        for path, url in found:
+            files.setdefault(path, (url, []))[1].append(LABELS.get(name, name))
+        if not found:
+            other.append(f"<li><b>{esc(LABELS.get(name, name))}</b>: {esc(reason.removeprefix('unavailable: '))}</li>")
+    items = [f"<li><code>{esc(os.path.basename(p))}</code> &rarr; <code>{esc(os.path.dirname(p))}/</code> "
+             f"<span class=\"mut\">({esc(', '.join(m))}; from {esc(url)})</span></li>" for p, (url, m) in files.items()]
+    names = ", ".join(LABELS.get(n, n) for n in off)
+    return (f'<div class="note"><b>Unavailable metrics: {esc(names)}.</b> They are computed as soon as these '
+            f'files are in place (folders follow $TORCH_HOME/hub):<ul>{"".join(items + other)}</ul></div>')
+
+
+def _png(rgb: np.ndarray, size: int) -> str:
+    """A PNG data URI of `rgb` scaled (nearest) to `size` pixels wide."""
     from PIL import Image
 
     im = Image.fromarray(rgb)
     im = im.resize((size, max(1, round(size * im.height / im.width))), Image.NEAREST)
     buf = io.BytesIO()
     im.save(buf, format="PNG")
-    data = base64.b64encode(buf.getvalue()).decode()
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(title)}">'
-            f"<figcaption>{html.escape(title)}</figcaption></figure>")
+    return pages.data_uri(buf.getvalue(), "image/png")
+
+
+def _img_tag(rgb: np.ndarray, title: str, size: int = 160) -> str:
+    return f'<figure><img src="{_png(rgb, size)}" alt="{esc(title)}"><figcaption>{esc(title)}</figcaption></figure>'
 
 
 def _crop(rgb: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -139,13 +249,12 @@ def _plots(rows: pd.DataFrame, status: dict[str, str]) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
-    return f'<img class="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" alt="metric distributions">'
+    return f'<img class="plot" src="{pages.data_uri(buf.getvalue(), "image/png")}" alt="metric distributions">'
 
 
-def html_report(rows: pd.DataFrame, table1: str, table5: str | None, status: dict[str, str],
-                n_examples: int = 3, crop: int = 96, rank_by: str = "psnr") -> str:
-    """One self-contained HTML file: tables, metric distributions and side-by-side crops
-    (LR | each method | reference | GT) of the N best and worst images of each method."""
+def _examples(rows: pd.DataFrame, n_examples: int, crop: int, rank_by: str) -> str:
+    """Per method, the N best and worst images: a before/after viewer (LR | the method) and the strip
+    LR | each method | reference | GT, on the same centre crop."""
     ok = rows[(rows["status"] == "ok") & (rows["method"] != "-")]
     runs = list(dict.fromkeys(zip(ok["method"], ok["ref_mode"])))
     by_image = {k: g for k, g in ok.groupby("relpath")}
@@ -166,11 +275,11 @@ def html_report(rows: pd.DataFrame, table1: str, table5: str | None, status: dic
             h, w = gt.shape[:2]
             c = min(crop, h, w)
             box = ((h - c) // 2, (w - c) // 2, c, c)
-            figs = []
+            figs, lr_crop, own = [], None, None
             lr = _load(r["lr_uri"])
             if lr is not None:
-                lr_up = np.repeat(np.repeat(lr, 4, 0), 4, 1)[:h, :w]
-                figs.append(_img_tag(_crop(lr_up, box), "LR (x4 nearest)"))
+                lr_crop = _crop(np.repeat(np.repeat(lr, 4, 0), 4, 1)[:h, :w], box)
+                figs.append(_img_tag(lr_crop, "LR (x4 nearest)"))
             for (m2, r2) in runs:
                 other = by_image[r["relpath"]]
                 hit = other[(other["method"] == m2) & (other["ref_mode"] == r2)]
@@ -178,25 +287,41 @@ def html_report(rows: pd.DataFrame, table1: str, table5: str | None, status: dic
                 if sr is not None:
                     val = hit.iloc[0][rank_by]
                     figs.append(_img_tag(_crop(sr, box), f"{run_label(m2, r2)} {LABELS[rank_by]} {val:.2f}"))
+                    own = _crop(sr, box) if (m2, r2) == (method, mode) else own
             ref = _load(r["ref_uri"]) if isinstance(r["ref_uri"], str) else None
             if ref is not None:
                 figs.append(_img_tag(ref, f"reference ({r['ref_category'] or '-'})"))
             figs.append(_img_tag(_crop(gt, box), "GT"))
-            blocks.append(f"<h4>{tag}: {html.escape(r['relpath'])}</h4><div class=row>{''.join(figs)}</div>")
-        sections.append(f"<h3>{html.escape(run_label(method, mode))}</h3>{''.join(blocks)}")
-    md = lambda t: f"<pre>{html.escape(t)}</pre>"  # noqa: E731 - Markdown tables read fine preformatted
-    unavailable = "".join(f"<li>{html.escape(n)}: {html.escape(s)}</li>" for n, s in status.items() if s != "ok")
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>RASR evaluation report</title>
-<style>body{{font-family:sans-serif;margin:2em}} .row{{display:flex;gap:6px;flex-wrap:wrap}}
-figure{{margin:0}} figcaption{{font-size:11px;max-width:160px}} img{{image-rendering:pixelated}}
-img.plot{{image-rendering:auto;max-width:100%}} pre{{background:#f6f6f6;padding:8px;overflow-x:auto}}</style>
-</head><body>
-<h1>RASR evaluation report</h1>
-<h2>Table 1: methods</h2>{md(table1)}
-{f"<h2>Table 5: retrieval encoders</h2>{md(table5)}" if table5 else ""}
-{f"<h2>Unavailable metrics</h2><ul>{unavailable}</ul>" if unavailable else ""}
-<h2>Metric distributions</h2>{_plots(rows, status)}
-<h2>Best and worst images by {LABELS[rank_by]}</h2>{''.join(sections)}
-</body></html>"""
+            view = ""
+            if lr_crop is not None and own is not None:
+                view = pages.viewer(_png(lr_crop, 2 * c), _png(own, 2 * c), 2 * c, 2 * c, lazy=False, pixelated=True,
+                                    labels=("LR x4", run_label(method, mode)), caption="drag to compare")
+            blocks.append(f"<h4>{tag}: {esc(r['relpath'])} ({LABELS[rank_by]} {r[rank_by]:.2f})</h4>"
+                          f'<div class="strip">{view}{"".join(figs)}</div>')
+        sections.append(f"<h3>{esc(run_label(method, mode))}</h3>{''.join(blocks)}")
+    return "".join(sections)
 
+
+TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>RASR evaluation report</title>
+<style>{{css}} img.plot{max-width:100%}</style></head><body>
+<pre id="page-errors" hidden></pre>
+<h1>RASR evaluation report</h1>
+<h2>Table 1: methods</h2>{{table1}}{{note}}
+{{table5}}
+<h2>Metric distributions</h2>{{plots}}
+<h2>Best and worst images by {{rank_label}}</h2>{{examples}}
+<script>{{viewer_js}}</script>
+</body></html>
+"""
+
+
+def html_report(rows: pd.DataFrame, summary: pd.DataFrame, status: dict[str, str], baseline: str | None = None,
+                table5: str | None = None, n_examples: int = 3, crop: int = 96, rank_by: str = "psnr") -> str:
+    """One self-contained HTML file: Table 1 (and `table5`, from table5_html) as HTML tables, a note on
+    unavailable metrics, metric distributions, and the N best and worst images of each method."""
+    return pages.fill(TEMPLATE, css=pages.CSS, viewer_js=pages.VIEWER_JS,
+                      table1=table1_html(summary, status, baseline), note=unavailable_note(status),
+                      table5=f"<h2>Table 5: retrieval encoders</h2>{table5}" if table5 else "",
+                      plots=_plots(rows, status), rank_label=LABELS[rank_by],
+                      examples=_examples(rows, n_examples, crop, rank_by))

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -100,11 +101,14 @@ def test_table5_retrieval_encoders(result):
     res, out = result
     t5 = res["table5"]
     row = {line.split("|")[1].strip(): line for line in t5.splitlines()[2:]}
-    assert set(row) == {"random", "vgg16", "clip", "dinov2", "efficientnet-lite0"}
+    assert set(row) == {"random", "vgg16", "clip", "dinov2", "efficientnet-lite0", "efficientnet-lite1"}
     assert "unavailable" in row["dinov2"] and "not requested" in row["vgg16"]
-    assert "%" in row["efficientnet-lite0"] and "%" in row["random"]
+    # the gallery was indexed with the default encoder only: lite0 says how to index for it
+    assert "no table gallery__efficientnet_lite0" in row["efficientnet-lite0"]
+    assert "--encoder efficientnet-lite0" in row["efficientnet-lite0"]
+    assert "%" in row["efficientnet-lite1"] and "%" in row["random"]
     retrieval = manifest.read_table(str(out), "retrieval", __import__("rasr.evaluate", fromlist=["x"]).RETRIEVAL_SCHEMA)
-    assert set(retrieval.column("encoder").to_pylist()) == {"efficientnet-lite0", "random"}
+    assert set(retrieval.column("encoder").to_pylist()) == {"efficientnet-lite1", "random"}
 
 
 def test_html_report_is_self_contained(result):
@@ -115,6 +119,17 @@ def test_html_report_is_self_contained(result):
     for label in ("LR (x4 nearest)", "GT", "bicubic", "realesrgan", "refdsr (retrieved)", "reference"):
         assert label in html
     assert "metric distributions" in html
+    # real tables, not Markdown in <pre>; no availability row of paths and URLs; one note says what is missing
+    assert "<pre>" not in html and "*availability*" not in html and "| Method |" not in html
+    tables = re.findall(r'<table class="t">.*?</table>', html, re.S)
+    assert len(tables) == 2 and "PSNR↑" in tables[0] and "Top-1 category acc." in tables[1]
+    assert "alexnet-owt-7be5be79.pth" not in "".join(tables) and "https://" not in "".join(tables)
+    assert 'class="n best"' in tables[0] and re.search(r'class="dl (good|bad)">[+-]', tables[0])
+    assert '<td class="n na">n/a</td>' in tables[0]  # LPIPS: unavailable, said in one word
+    note = re.search(r'<div class="note"><b>Unavailable metrics: (.*?)</div>', html, re.S)
+    assert note and "LPIPS" in note.group(1) and html.count("<code>alexnet-owt-7be5be79.pth</code>") == 1
+    # the before/after viewer on the best and worst images: one per example, LR against the method
+    assert html.count('class="ba px"') == html.count("<h4>") > 0 and 'type="range"' in html
 
 
 def test_report_renders_in_headless_chromium(result, tmp_path):
@@ -129,9 +144,39 @@ def test_report_renders_in_headless_chromium(result, tmp_path):
     img = np.asarray(Image.open(shot).convert("L"))
     assert img.shape == (3000, 1400)
     assert img.std() > 20  # not a blank page: tables, crops and plots were drawn
-    dom = subprocess.run([*args[:-2], "--dump-dom", (out / "report.html").as_uri()], capture_output=True,
-                         text=True, timeout=120).stdout
+    run = subprocess.run([*args[:-2], "--dump-dom", "--enable-logging=stderr", "--v=0", (out / "report.html").as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    dom = run.stdout
     assert dom.count("<img") == (out / "report.html").read_text().count("<img")
+    assert '<pre id="page-errors" hidden=""></pre>' in dom  # no script error, no image that failed to load
+    assert [line for line in run.stderr.splitlines() if ":CONSOLE" in line] == []
+
+
+def test_html_tables_mark_the_best_colour_deltas_and_note_missing_files():
+    from rasr import report
+
+    summary = pd.DataFrame([
+        {"method": "bicubic", "ref_mode": "none", "images": 4, "psnr": 25.4, "ssim": 0.62, "lpips": None, "niqe": 11.1},
+        {"method": "realesrgan", "ref_mode": "none", "images": 4, "psnr": 25.45, "ssim": 0.64, "lpips": None, "niqe": 7.0},
+        {"method": "refdsr", "ref_mode": "retrieved", "images": 4, "psnr": 24.9, "ssim": 0.60, "lpips": None,
+         "niqe": 12.0}])
+    missing = "/hub/checkpoints/alexnet-owt-7be5be79.pth is missing (copy it from https://download.pytorch.org/a.pth)"
+    status = {"psnr": "ok", "ssim": "ok", "lpips": f"unavailable: {missing} - folders follow $TORCH_HOME/hub",
+              "niqe": "ok", "fid": f"unavailable: {missing.replace('alexnet', 'inception')}"}
+    t = report.table1_html(summary, status, "bicubic")
+    rows = re.findall(r"<tr.*?</tr>", t, re.S)
+    cells = [re.findall(r"<t[dh]( class=\"[^\"]*\")?>(.*?)</t[dh]>", r) for r in rows]
+    assert [c[1] for c in cells[0]] == ["Method", "Images", "PSNR↑", "SSIM↑", "LPIPS↓", "FID↓", "NIQE↓"]
+    assert all(cls.startswith(' class="n') for c in cells[1:] for cls, _ in c[1:])  # numbers right-aligned
+    real, ref = dict(zip(["m", "i", "psnr", "ssim", "lpips", "fid", "niqe"], cells[2])), cells[3]
+    assert real["psnr"] == (' class="n best"', '25.45<span class="dl good">+0.05</span>')
+    assert real["niqe"] == (' class="n best"', '7.0000<span class="dl good">-4.1000</span>')  # lower is better
+    assert ref[2] == (' class="n"', '24.90<span class="dl bad">-0.50</span>')
+    assert real["lpips"] == (' class="n na"', "n/a") and "(baseline)" in rows[1] and 'class="base"' in rows[1]
+    note = report.unavailable_note(status)
+    assert note.count("<li>") == 2 and "Unavailable metrics: LPIPS, FID." in note
+    assert "<code>alexnet-owt-7be5be79.pth</code> &rarr; <code>/hub/checkpoints/</code>" in note
+    assert report.unavailable_note({"psnr": "ok"}) == ""
 
 
 def test_rerun_does_no_work(result, flows_env, hr_set, db, tiny_diffusion):

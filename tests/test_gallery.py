@@ -1,5 +1,6 @@
 """The LanceDB gallery: exact search equals brute force, exclusion, filters, upserts, ANN above the threshold."""
 
+import os
 import numpy as np
 import pytest
 
@@ -31,9 +32,9 @@ def test_exact_search_matches_brute_force(small):
     q = unit(rng, 5, 16)
     hits = g.search(q, k=7)
     for qi, hs in enumerate(hits):
-        order = np.argsort(-(vecs @ q[qi]))[:7]
-        assert [h.id for h in hs] == [f"img{j}" for j in order]
-        np.testing.assert_allclose([h.similarity for h in hs], (vecs @ q[qi])[order], atol=1e-5)
+        ref_ids, ref_sims = flat_reference(g, q[qi], 7)
+        assert [h.id for h in hs] == ref_ids
+        np.testing.assert_allclose([h.similarity for h in hs], ref_sims, atol=1e-5)
 
 
 def test_own_image_is_excluded_and_category_filter_applies(small):
@@ -78,8 +79,8 @@ def test_ann_index_above_threshold_keeps_recall(tmp_path, monkeypatch):
     assert info["index"] == G.ANN_INDEX
     q = vecs[:40] + 0.05 * unit(rng, 40, 32)
     hits = g.search(q, k=5, exclude_ids=[None] * 40)
-    exact = np.argsort(-(q @ vecs.T), axis=1)[:, :5]
-    recall = np.mean([len({h.id for h in hs} & {f"img{j}" for j in ex}) / 5 for hs, ex in zip(hits, exact)])
+    exact = [flat_reference(g, qi, 5)[0] for qi in q]  # LanceDB's exhaustive search, index bypassed
+    recall = np.mean([len({h.id for h in hs} & set(ex)) / 5 for hs, ex in zip(hits, exact)])
     assert recall > 0.9, recall
     assert hits[0][0].id == "img0"
 
@@ -92,7 +93,7 @@ def flat_reference(g, q, k, exclude=(), category=None):
         conds.append(f"category = '{category}'")
     if exclude:
         conds.append("id NOT IN (" + ", ".join(f"'{i}'" for i in exclude) + ")")
-    query = g.table.search(q).distance_type("cosine").limit(k).select(["id", "_distance"])
+    query = g.table.search(q).distance_type("cosine").bypass_vector_index().limit(k).select(["id", "_distance"])
     if conds:
         query = query.where(" AND ".join(conds), prefilter=True)
     t = query.to_arrow()
@@ -230,12 +231,17 @@ def test_new_tables_record_how_they_were_embedded_and_old_tables_still_work(tmp_
     import lancedb
     import pyarrow as pa
 
+    from rasr.encoder_names import DEFAULT_ENCODER
     from rasr.gallery import GALLERY_PREPROCESSING, GALLERY_VIEWS, schema
 
     db = str(tmp_path / "refs.lance")
-    g = G.Gallery.create_or_open(db, "gallery", "efficientnet-lite0", 4)
+    g = G.Gallery.create_or_open(db, "gallery", DEFAULT_ENCODER, 4)
     assert (g.preprocessing, g.views) == (GALLERY_PREPROCESSING, GALLERY_VIEWS) == ("letterbox", "clean+realesrgan-x4")
     assert g.upgrade_hint is None
+    # today's preprocessing with the old default encoder: the hint names the better encoder
+    lite0 = G.Gallery.create_or_open(db, "lite0", "efficientnet-lite0", 4)
+    assert f"--encoder {DEFAULT_ENCODER}" in lite0.upgrade_hint
+    assert G.Gallery.create_or_open(db, "dino", "dinov2", 4).upgrade_hint is None  # chosen on purpose
 
     new = schema(4, "efficientnet-lite0")  # a table written before preprocessing was recorded
     old_meta = {k: v for k, v in new.metadata.items() if k in (b"rasr.encoder", b"rasr.dim", b"rasr.encoder_weights")}
@@ -269,3 +275,16 @@ def test_degraded_views_pool_into_the_gallery_vector(photos):
     assert abs(np.linalg.norm(pooled) - 1) < 1e-5
     assert pooled @ clean > clean @ degraded and pooled @ degraded > clean @ degraded
     assert np.allclose(pooled, (clean + degraded) / np.linalg.norm(clean + degraded), atol=1e-5)
+
+
+def test_reindexing_without_an_encoder_keeps_the_tables_own(tmp_path):
+    """`rasr index` with no --encoder writes the encoder table a gallery already has (an old
+    efficientnet-lite0 table keeps working), and today's default for a new gallery."""
+    db = str(tmp_path / "refs.lance")
+    assert G.table_encoder(db) is None  # no DB yet: nothing is created by asking
+    assert not os.path.exists(db)
+    G.Gallery.create_or_open(db, "gallery", "efficientnet-lite0", 4)
+    assert G.table_encoder(db) == "efficientnet-lite0"
+    assert G.table_encoder(db, "other") is None
+    G.Gallery.create_or_open(db, "gallery", "dinov2", 4)
+    assert G.table_encoder(db) is None  # two candidates: the caller decides (--encoder)
