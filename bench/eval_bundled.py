@@ -15,18 +15,18 @@ import tempfile
 
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from flows.evaluate import evaluate  # noqa: E402
-from rasr import samples  # noqa: E402
-from rasr.evaluate import prepare_hr  # noqa: E402
+from flows.evaluate import evaluate
+from rasr import samples
+from rasr.evaluate import prepare_hr
 
 
 def main(out: str) -> None:
     hr, lr = os.path.join(out, "hr"), os.path.join(out, "lr")
     for name in samples.photo_names():
         img = samples.as_rgb(samples.load_photo(name))
-        for root, pic in ((hr, img), (lr, None)):
+        for root in (hr, lr):
             os.makedirs(os.path.join(root, samples.category_of(name)), exist_ok=True)
         Image.fromarray(img).save(os.path.join(hr, samples.category_of(name), f"{name}.png"))
         kept = prepare_hr(img, 0)  # the part of the HR that evaluate scores (multiple of 4, centred)

@@ -40,7 +40,8 @@ def build(name: str, device: str):
     """A full-size random-init generator on `device` (bf16), as load_diffusion_generator would serve it."""
     from rasr.generators import sd
     from rasr.generators.osediff import OneStepSR
-    from rasr.generators.refdsr import DiffusionGenerator, RefDSR
+    from rasr.generators.diffusion import DiffusionGenerator
+    from rasr.generators.refdsr import RefDSR
 
     comps = sd.build_random(device=device)
     if name == "osediff":

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import os
 import sys
 import tempfile
@@ -30,15 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 def write_dataset(root: str, crop: int) -> None:
     """dataset.parquet with 4 training rows (real photos, each with 2 references)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     from PIL import Image
     from skimage import data
 
+    from rasr import storage
     from rasr.dataset import DATASET_SCHEMA
 
     paths = []
-    for i, name in enumerate(("astronaut", "chelsea", "coffee", "rocket")):
+    for name in ("astronaut", "chelsea", "coffee", "rocket"):
         img = Image.fromarray(getattr(data, name)()).convert("RGB").resize((crop, crop), Image.BICUBIC)
         p = os.path.join(root, f"{name}.png")
         img.save(p)
@@ -46,7 +46,7 @@ def write_dataset(root: str, crop: int) -> None:
     rows = [{"split": "train", "kind": "retrieval", "category": "photos", "gt_uri": p, "source_uri": p,
              "crop_box": [0, 0, crop, crop], "ref_uris": [q for q in paths if q != p][:2],
              "ref_similarities": [0.5, 0.4]} for p in paths]
-    pq.write_table(pa.Table.from_pylist(rows, schema=DATASET_SCHEMA), os.path.join(root, "dataset.parquet"))
+    storage.write_parquet(os.path.join(root, "dataset.parquet"), rows, DATASET_SCHEMA)
 
 
 def build(tiny: bool, device: str, root: str):
@@ -55,7 +55,7 @@ def build(tiny: bool, device: str, root: str):
 
     from rasr.generators import sd
     from rasr.generators.refdsr import RefDSR
-    from rasr.losses import LossWeights, TrainingLoss
+    from rasr.losses import PAPER_WEIGHTS, TrainingLoss
 
     if tiny:
         from tests.tiny_sd import TINY_TEXT, TINY_UNET, TINY_VAE
@@ -72,7 +72,7 @@ def build(tiny: bool, device: str, root: str):
     vgg_path = os.path.join(root, "vgg16-397923af.pth")
     torch.save(vgg16().state_dict(), vgg_path)  # random weights in torchvision's layout
     Dinov2Model(dino).save_pretrained(os.path.join(root, "dinov2"))
-    loss = TrainingLoss(LossWeights(mse=1.0, lpips=0.0, gram=1e-3, gan=0.1), device=device,
+    loss = TrainingLoss(dataclasses.replace(PAPER_WEIGHTS, lpips=0.0), device=device,
                         vgg_weights=vgg_path, dino_weights=os.path.join(root, "dinov2"))
     return model, loss
 

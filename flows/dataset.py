@@ -6,14 +6,11 @@ holds the hash of both).
 
 from __future__ import annotations
 
-import io
 import os
 import time
 from collections import defaultdict
 
 from flows import _env  # noqa: F401  (telemetry off before Prefect loads)
-import pyarrow as pa
-import pyarrow.parquet as pq
 from prefect import flow, get_run_logger
 
 from flows._common import flow_setup, publish_summary
@@ -21,9 +18,8 @@ from flows.index import index_gallery
 from rasr import catalog, images, storage
 from rasr.dataset import (DATASET_SCHEMA, DatasetConfig, center_crop, random_crops, split_category, stable_seed,
                           write_png)
-from rasr.encoders import load_encoder
+from rasr.encoders import DEFAULT_ENCODER, load_encoder
 from rasr.gallery import Gallery
-from rasr.indexer import category_of
 
 
 def _listing_hash(items: list[catalog.Item]) -> str:
@@ -33,7 +29,7 @@ def _listing_hash(items: list[catalog.Item]) -> str:
 @flow(name="build-dataset")
 def build_dataset(src: str, out: str, train: int = 40, test: int = 5, crop: int = 768, top_k: int = 5,
                   seed: int = 0, self_pairs_per_image: int = 0, self_crop: int = 512,
-                  encoder: str = "efficientnet-lite0", ray_address: str | None = None,
+                  encoder: str = DEFAULT_ENCODER, ray_address: str | None = None,
                   show_progress: bool = False) -> dict:
     """Build a RefDSR training set from SRC (category sub-folders) into OUT; returns a summary."""
     flow_setup()
@@ -52,11 +48,11 @@ def build_dataset(src: str, out: str, train: int = 40, test: int = 5, crop: int 
 
     by_cat: dict[str, list[catalog.Item]] = defaultdict(list)
     for it in items:
-        by_cat[category_of(it.relpath)].append(it)
+        by_cat[catalog.category_of(it.relpath)].append(it)
     splits = {c: split_category(v, cfg, c) for c, v in sorted(by_cat.items())}
 
     # 1. the reference database, copied, then indexed with the pipeline's own gallery code
-    for cat, sp in splits.items():
+    for sp in splits.values():
         for it in sp["reference"]:
             storage.write_bytes(storage.join(out, "reference", it.relpath), storage.read_bytes(it.uri))
     db = storage.join(out, "refs.lance")
@@ -96,9 +92,7 @@ def build_dataset(src: str, out: str, train: int = 40, test: int = 5, crop: int 
                     rows.append({"split": "train", "kind": "self", "category": cat, "gt_uri": a_uri,
                                  "source_uri": it.uri, "crop_box": box_a, "ref_uris": [b_uri],
                                  "ref_similarities": [float("nan")]})
-    buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=DATASET_SCHEMA), buf)
-    storage.write_bytes(storage.join(out, "dataset.parquet"), buf.getvalue())
+    storage.write_parquet(storage.join(out, "dataset.parquet"), rows, DATASET_SCHEMA)
     summary = {"src": storage.redact(src), "out": storage.redact(out), "categories": len(splits),
                "train": sum(r["split"] == "train" and r["kind"] == "retrieval" for r in rows),
                "self_pairs": sum(r["kind"] == "self" for r in rows),

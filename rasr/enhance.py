@@ -28,13 +28,13 @@ import os
 import socket
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from rasr import catalog, faults, images, storage
+from rasr import catalog, faults, images, listing, storage
 from rasr.catalog import Item
 from rasr.manifest import empty_row
 
@@ -183,7 +183,7 @@ def plan(cfg: EnhanceConfig, input: str, output: str, shard_size: int, since: fl
     items = catalog.list_inputs(input, follow_symlinks)
     listed = len(items)
     if since is not None:
-        items = [i for i in items if (storage.mtime_seconds(i.mtime) or float("inf")) >= since]
+        items = [i for i in items if (listing.mtime_seconds(i.mtime) or float("inf")) >= since]
     done = catalog.covered(catalog.done_markers(output), cfg.hash())
     return Plan(listed, items, catalog.plan(items, done, cfg.hash(), shard_size))
 
@@ -194,11 +194,6 @@ def sha256(data: bytes) -> str:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
-
-
-def input_category(relpath: str) -> str | None:
-    parts = relpath.split("/")
-    return parts[0] if len(parts) > 1 else None
 
 
 class _Inline:
@@ -249,7 +244,7 @@ class EnhanceWorker:
         self.restorer = Restorer(self.generator, tile=cfg.tile, overlap=cfg.overlap, color_fix=cfg.color_fix,
                                  batch_size=cfg.batch_size)
         self._tagger = getattr(self.generator, "tagger", None)  # text-conditioned generators carry one
-        self._refs: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._refs = images.DecodedCache(max_items=64, max_side=REF_MAX_SIDE)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.batch_size = max(1, cfg.batch_size)
         n = io_threads or default_io_threads()
@@ -323,7 +318,7 @@ class EnhanceWorker:
             return None
         try:
             data = storage.read_bytes(item.uri)
-        except Exception as e:  # noqa: BLE001 - a file's own problem becomes its row's reason
+        except Exception as e:
             if not storage.is_about_the_file(e):
                 raise  # the store is unavailable: fail the batch (its shard is redone), record no verdict
             row.update(status="error", error=f"cannot read: {storage.redact(e)}", processed_at=_now())
@@ -351,7 +346,7 @@ class EnhanceWorker:
             refs, prompts = [], []
             for row, dec in batch:
                 try:
-                    ref = self._reference(row["ref_uris"][0]) if row["ref_used"] else None
+                    ref = self._refs.get(row["ref_uris"][0]) if row["ref_used"] else None
                 except Exception as e:  # noqa: BLE001 - a broken reference file: fall back to no reference
                     ref, row["ref_used"] = None, False
                     row["error"] = f"reference unreadable, ran without: {storage.redact(e)}"
@@ -366,7 +361,9 @@ class EnhanceWorker:
         t0 = time.perf_counter()
         vecs = self.encoder.encode([dec.rgb for _, dec in batch])
         t1 = time.perf_counter()
-        categories = [input_category(row["relpath"]) if self.cfg.category_filter else None for row, _ in batch]
+        # None, not "" (which would match only top-level references): a top-level input searches all categories
+        categories = [(catalog.category_of(row["relpath"]) or None) if self.cfg.category_filter else None
+                      for row, _ in batch]
         found = self.gallery.search(vecs, k=self.cfg.top_k, exclude_ids=[row["sha256"] for row, _ in batch],
                                     category=categories)
         t2 = time.perf_counter()
@@ -408,7 +405,7 @@ class EnhanceWorker:
         try:
             faults.point("restore")
             return self.restorer.restore(lrs, refs, prompts)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             if len(lrs) < 2 or not is_out_of_memory(e):
                 raise
         free_accelerator_memory()
@@ -431,7 +428,7 @@ class EnhanceWorker:
             row.update(output_uri=uri, out_width=w, out_height=h, status="ok",
                        output_encoding=self.encoding.describe(alpha is not None))
             row["timings_ms"].update(encode=(t1 - t0) * 1e3, write=(time.perf_counter() - t1) * 1e3)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             if not storage.is_about_the_file(e) and not isinstance(e, (ValueError, images.ImageError)):
                 raise  # the store is unavailable: fail the batch (its shard is redone)
             row.update(status="error", error=f"cannot write output: {storage.redact(e)}")
@@ -440,21 +437,6 @@ class EnhanceWorker:
         t["total"] = sum(v for k, v in t.items() if k != "total")
 
     # ---- helpers -------------------------------------------------------------------------------
-    def _reference(self, uri: str) -> np.ndarray:
-        if uri not in self._refs:
-            rgb = images.decode_image(storage.read_bytes(uri), max_pixels=1 << 62).rgb
-            h, w = rgb.shape[:2]
-            if max(h, w) > REF_MAX_SIDE:
-                from PIL import Image
-
-                s = REF_MAX_SIDE / max(h, w)
-                rgb = np.asarray(Image.fromarray(rgb).resize((round(w * s), round(h * s)), Image.BICUBIC))
-            self._refs[uri] = rgb
-            while len(self._refs) > 64:
-                self._refs.popitem(last=False)
-        self._refs.move_to_end(uri)
-        return self._refs[uri]
-
     def _row(self, item: Item, shard_id: str, run_id: str) -> dict:
         row = empty_row()
         row.update(source_uri=item.uri, relpath=item.relpath, generator=self.generator.name,

@@ -14,15 +14,14 @@ import datetime as dt
 import hashlib
 import json
 import time
-from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from rasr import catalog, images, storage
 from rasr.catalog import Item
+from rasr.dataset import stable_seed
 from rasr.metrics import METRICS, NIQE_MIN_SIZE, MetricSuite
 
 REF_MODES = ("retrieved", "random", "none", "given")
@@ -87,8 +86,8 @@ class EvalConfig:
 
 
 def image_seed(seed: int, relpath: str) -> int:
-    """A per-image degradation seed: stable across runs, shards and machines."""
-    return int.from_bytes(hashlib.sha256(f"{seed}\0{relpath}".encode()).digest()[:4], "little") & 0x7FFFFFFF
+    """A per-image degradation seed: stable across runs, shards and machines (31 bits)."""
+    return stable_seed(seed, relpath) & 0x7FFFFFFF
 
 
 def prepare_hr(rgb: np.ndarray, crop: int, scale: int = SCALE) -> np.ndarray:
@@ -111,9 +110,8 @@ def degrade_one(hr: np.ndarray, seed: int) -> tuple[np.ndarray, dict]:
     """The seeded Real-ESRGAN degradation of one HR image -> (LR uint8, recorded parameters)."""
     from rasr.degrade import degrade
 
-    x = torch.from_numpy(hr).permute(2, 0, 1).float().div(255)[None]
-    lr, params = degrade(x, [seed])
-    return lr[0].mul(255).round().byte().permute(1, 2, 0).numpy(), params[0]
+    lr, params = degrade(images.to_tensor(hr), [seed])
+    return images.to_uint8(lr[0]), params[0]
 
 
 def _png(rgb: np.ndarray) -> bytes:
@@ -141,7 +139,7 @@ class EvalWorker:
         self.suite_small = MetricSuite(small, device=cfg.device, crop_border=cfg.crop_border)
         self.galleries, self.encoders = self._open_galleries()
         self._ids = None
-        self._refs: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._refs = images.DecodedCache(max_items=32)
 
     def _open_galleries(self):
         """Primary gallery (first table) plus one per extra encoder: {encoder: Gallery}, {encoder: Encoder}."""
@@ -165,13 +163,6 @@ class EvalWorker:
     @property
     def primary(self):
         return next(iter(self.galleries.values())) if self.galleries else None
-
-    def _reference(self, uri: str) -> np.ndarray:
-        if uri not in self._refs:
-            self._refs[uri] = images.decode_image(storage.read_bytes(uri), max_pixels=1 << 62).rgb
-            while len(self._refs) > 32:
-                self._refs.popitem(last=False)
-        return self._refs[uri]
 
     def _random_ref(self, seed: int, exclude: str) -> dict | None:
         ids, uris, cats, _ = self.primary._load_matrix()
@@ -235,8 +226,8 @@ class EvalWorker:
 
     def _base_row(self, item: Item, shard_id: str, run_id: str) -> dict:
         row = {f.name: None for f in EVAL_SCHEMA}
-        row.update(relpath=item.relpath, source_uri=item.uri, category=item.relpath.split("/")[0]
-                   if "/" in item.relpath else "", shard_id=shard_id, run_id=run_id)
+        row.update(relpath=item.relpath, source_uri=item.uri, category=catalog.category_of(item.relpath),
+                   shard_id=shard_id, run_id=run_id)
         return row
 
     def _one(self, item: Item, out: str, shard_id: str, run_id: str) -> tuple[list[dict], list[dict]]:
@@ -283,7 +274,7 @@ class EvalWorker:
                     row.update(ref)
                 try:
                     t0 = time.perf_counter()
-                    ref_img = self._reference(ref["ref_uri"]) if ref and restorer.g.uses_reference else None
+                    ref_img = self._refs.get(ref["ref_uri"]) if ref and restorer.g.uses_reference else None
                     prompt = (ref.get("ref_category") or "") if ref else ""
                     sr = restorer.restore([lr], [ref_img], [prompt])[0]
                     t1 = time.perf_counter()

@@ -3,19 +3,33 @@
 Every photo is turned into 8-bit RGB (H, W, 3) with its EXIF orientation applied; an alpha channel
 is kept aside and upscaled separately; grayscale inputs are written back as grayscale. Anything we
 cannot read raises ImageError with a reason a person can act on.
+
+Also the one conversion between such arrays and the models' (1, 3, H, W) tensors in [0, 1]
+(`to_tensor`, `to_uint8`), and `DecodedCache`, decoded images by URI (references, training crops).
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from rasr import storage
+
+if TYPE_CHECKING:
+    import torch
+
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 DEFAULT_MAX_PIXELS = 40_000_000  # input pixels; a x4 output of this is 640 MP
+
+# The normalisation ImageNet-trained backbones expect (encoders, the tagger, the losses' VGG16 and DINOv2)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # We enforce our own limit before decoding; PIL's bomb check would fire with a less useful message.
 Image.MAX_IMAGE_PIXELS = None
@@ -55,7 +69,7 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(arr, mode="L")
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image") -> Decoded:
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
     """Decode bytes into RGB + optional alpha, applying EXIF orientation and the pixel limit."""
     if len(data) == 0:
         raise ImageError("empty file (0 bytes)")
@@ -63,7 +77,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = 
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageError("not a recognised image format (the content is not an image)") from None
-    except Exception as e:  # noqa: BLE001 - PIL raises many types for broken headers
+    except Exception as e:  # noqa: BLE001 - a broken EXIF block must not cost the photo
         raise ImageError(f"cannot open image: {e}") from None
     width, height = img.size
     if width * height > max_pixels:
@@ -82,7 +96,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = 
             img.load()
     except OSError as e:
         raise ImageError(f"corrupt or truncated image data: {e}") from None
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - a broken EXIF block must not cost the photo
         raise ImageError(f"cannot decode image: {e}") from None
     try:
         with warnings.catch_warnings():
@@ -208,6 +222,41 @@ def resize_alpha(alpha: np.ndarray, width: int, height: int) -> np.ndarray:
 def load_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Shortcut: decoded RGB array of an image's bytes."""
     return decode_image(data, max_pixels=max_pixels).rgb
+
+
+def to_tensor(rgb: np.ndarray) -> "torch.Tensor":
+    """(H, W, 3) uint8 -> (1, 3, H, W) float32 in [0, 1] (a copy: decoded photos may be read-only)."""
+    import torch  # here, not at the top: decoding and encoding need no torch
+
+    return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)[None].float().div(255)
+
+
+def to_uint8(x: "torch.Tensor") -> np.ndarray:
+    """(3, H, W) float in [0, 1] -> (H, W, 3) uint8 (clamped, rounded, not truncated)."""
+    return x.detach().float().clamp(0, 1).mul(255.0).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+class DecodedCache:
+    """Decoded images by URI (references, training crops), the least recently used dropped beyond
+    `max_items` (None: keep all); `max_side` bounds the long side of what is kept (bicubic)."""
+
+    def __init__(self, max_items: int | None = None, max_side: int | None = None):
+        self.max_items, self.max_side = max_items, max_side
+        self._rgb: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def get(self, uri: str) -> np.ndarray:
+        """(H, W, 3) uint8 of the image at `uri`, read and decoded (no pixel limit) on first use."""
+        if uri not in self._rgb:
+            rgb = decode_image(storage.read_bytes(uri), max_pixels=1 << 62).rgb
+            h, w = rgb.shape[:2]
+            if self.max_side and max(h, w) > self.max_side:
+                s = self.max_side / max(h, w)
+                rgb = np.asarray(Image.fromarray(rgb).resize((round(w * s), round(h * s)), Image.BICUBIC))
+            self._rgb[uri] = rgb
+            while self.max_items is not None and len(self._rgb) > self.max_items:
+                self._rgb.popitem(last=False)
+        self._rgb.move_to_end(uri)
+        return self._rgb[uri]
 
 
 def thumbnail_jpeg(rgb: np.ndarray, size: int = 96) -> bytes:

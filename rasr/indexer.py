@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rasr import images, storage
-from rasr.catalog import Item
+from rasr.catalog import Item, category_of
 from rasr.encoders import Encoder
 
 
@@ -20,11 +20,6 @@ class IndexPlan:
     to_embed: list[Item]     # new files and files whose size/mtime changed
     to_delete: list[str]     # uris in the table whose files vanished
     unchanged: int
-
-
-def category_of(relpath: str) -> str:
-    parts = relpath.split("/")
-    return parts[0] if len(parts) > 1 else ""
 
 
 def plan_index(listing: list[Item], existing: dict[str, tuple[str, int, str]]) -> IndexPlan:
@@ -43,7 +38,6 @@ VIEW_SIDE = 256  # the degraded view is made from the photo scaled to this long 
 def degraded_copy(rgb: np.ndarray, seed: int, side: int | None = None) -> np.ndarray:
     """The photo as a degraded archive scan would show it: scaled to at most `side` (VIEW_SIDE), then
     the x4 Real-ESRGAN degradation of rasr.degrade (seeded: the same file always gives the same view)."""
-    import torch
     from PIL import Image
 
     from rasr.degrade import DegradationConfig, degrade
@@ -51,9 +45,9 @@ def degraded_copy(rgb: np.ndarray, seed: int, side: int | None = None) -> np.nda
     h, w = rgb.shape[:2]
     s = min(1.0, (side or VIEW_SIDE) / max(h, w))
     w4, h4 = max(16, round(w * s) // 4 * 4), max(16, round(h * s) // 4 * 4)
-    small = np.array(Image.fromarray(rgb).resize((w4, h4), Image.BICUBIC))  # writable: torch.from_numpy
-    lr, _ = degrade(torch.from_numpy(small).permute(2, 0, 1).float()[None] / 255, [seed], DegradationConfig())
-    return (lr[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    small = np.asarray(Image.fromarray(rgb).resize((w4, h4), Image.BICUBIC))
+    lr, _ = degrade(images.to_tensor(small), [seed], DegradationConfig())
+    return images.to_uint8(lr[0])
 
 
 def view_seed(rgb: np.ndarray) -> int:

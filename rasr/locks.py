@@ -59,15 +59,10 @@ def gallery_lock(db: str, table: str, timeout: float = 3600.0, ttl: float = 120.
 
 def _s3_client():
     import boto3
-
-    kwargs = {}
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        kwargs["endpoint_url"] = endpoint
     from botocore.config import Config
 
     return boto3.client("s3", region_name=os.environ.get("AWS_REGION", "us-east-1"),
-                        config=Config(**storage.s3_retry_config()), **kwargs)
+                        config=Config(**storage.s3_retry_config()), **storage.s3_client_kwargs())
 
 
 class Lease:

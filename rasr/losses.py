@@ -38,13 +38,12 @@ from torch import nn
 from rasr import metrics
 from rasr import weights as W
 from rasr.devices import pick_device
+from rasr.images import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger("rasr.losses")
 
 TERMS = ("mse", "lpips", "gram", "gan")
 ON = "on"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # torchvision's ImageNet VGG16, as DISTS uses it (same file, same folder)
 VGG16_FILE = next(f for f in metrics.REQUIRED_FILES["dists"] if f.name == "vgg16-397923af.pth")

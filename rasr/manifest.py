@@ -59,9 +59,7 @@ def empty_row() -> dict:
 
 def write_rows(uri: str, rows: list[dict], schema: pa.Schema = SCHEMA, tmp_dir: str | None = None) -> None:
     """Write rows as one Parquet file (whole-object write: no partial files under the final name)."""
-    buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf, compression="zstd")
-    storage.write_bytes(uri, buf.getvalue(), tmp_dir)
+    storage.write_parquet(uri, rows, schema, tmp_dir, compression="zstd")
 
 
 def shard_table_uri(out: str, name: str, shard_id: str) -> str:

@@ -30,7 +30,6 @@ torch.set_num_threads(1) runs them 5-20x faster than two spinning OpenMP threads
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import math
 import os
@@ -40,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rasr import niqe_prior
+from rasr import images, niqe_prior, weights
 from rasr.devices import pick_device
 
 METRICS = ("psnr", "ssim", "lpips", "dists", "niqe", "musiq", "clipiqa")  # per image
@@ -113,9 +112,24 @@ def folder_path(folder: str) -> str:
     return os.path.join(hub, folder)
 
 
+PYIQA_MISSING = ("unavailable: pyiqa is not installed: `pip install 'rasr[eval]'` (pyiqa is licensed "
+                 "PolyForm Noncommercial 1.0.0)")
+
+
+def pyiqa_installed() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("pyiqa") is not None
+    except ValueError:  # sys.modules["pyiqa"] is None: imports of it are blocked
+        return False
+
+
 def check(name: str) -> str:
     """Return "ok" or "unavailable: <why and what to do>"; looks at files only, never downloads."""
     _check_name(name)
+    if not pyiqa_installed():
+        return PYIQA_MISSING
     if name == "niqe":
         return OK if _niqe_prior_path() else _niqe_missing_reason()
     missing = [f for f in REQUIRED_FILES[name] if not _file_ok(f)]
@@ -144,7 +158,7 @@ def create_loss(name: str, device=None) -> torch.nn.Module:
 class MetricSuite:
     """The per-image metrics, built once; `status` says which are usable and why not."""
 
-    def __init__(self, names=METRICS, device=None, crop_border: int = 0, fetch_niqe: bool = False):
+    def __init__(self, names=METRICS, device=None, crop_border: int = 0):
         for n in names:
             if n not in METRICS:
                 raise ValueError(f"unknown per-image metric {n!r}: choose from {', '.join(METRICS)}"
@@ -155,7 +169,7 @@ class MetricSuite:
         self.metrics: dict[str, torch.nn.Module] = {}
         self.status: dict[str, str] = {}
         for n in self.names:
-            self.status[n] = _fetch_niqe() if n == "niqe" and fetch_niqe else check(n)
+            self.status[n] = check(n)
             if self.status[n] == OK:
                 self._build(n)
 
@@ -167,7 +181,7 @@ class MetricSuite:
             options["pretrained_model_path"] = _niqe_prior_path()
         try:
             self.metrics[name] = _create_metric(name, self.device, **options)
-        except Exception as e:  # noqa: BLE001 - an unusable metric is reported, never fatal
+        except Exception as e:  # noqa: BLE001
             self.status[name] = f"unavailable: pyiqa could not build {name}: {e.__class__.__name__}: {e}"
 
     @property
@@ -218,7 +232,7 @@ def to_tensor(img: np.ndarray, label: str = "image") -> torch.Tensor:
         raise ValueError(f"{label} must be a uint8 (H, W, 3) RGB array, got {desc}: convert it first "
                          f"(rasr.samples.as_rgb for grayscale; for floats in [0, 1], "
                          f"np.clip(x * 255, 0, 255).round().astype(np.uint8))")
-    return torch.tensor(img).permute(2, 0, 1)[None].float() / 255.0  # copies: photos may be read-only
+    return images.to_tensor(img)
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -236,15 +250,7 @@ def _file_ok(f: WeightFile) -> bool:
     path = os.path.join(folder_path(f.folder), f.name)
     if not os.path.isfile(path):
         return False
-    return f.sha256 is None or _sha256(path) == f.sha256
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return f.sha256 is None or weights.file_digest(path, length=64) == f.sha256
 
 
 def _missing_reason(missing: list[WeightFile]) -> str:
@@ -257,26 +263,20 @@ def _missing_reason(missing: list[WeightFile]) -> str:
 
 
 def _niqe_prior_path() -> str | None:
-    """Our cached prior, else pyiqa's own NIQE file if someone put it in pyiqa's folder."""
-    if ours := niqe_prior.cached_prior():
-        return str(ours)
-    theirs = os.path.join(folder_path("pyiqa"), PYIQA_NIQE_FILE.name)
-    return theirs if os.path.isfile(theirs) else None
+    """The packaged prior (as the .mat pyiqa reads), else pyiqa's own NIQE file if someone put it in
+    pyiqa's folder."""
+    try:
+        return str(niqe_prior.prior_file())
+    except (niqe_prior.NiqePriorUnavailable, OSError):
+        theirs = os.path.join(folder_path("pyiqa"), PYIQA_NIQE_FILE.name)
+        return theirs if os.path.isfile(theirs) else None
 
 
 def _niqe_missing_reason() -> str:
-    return (f"unavailable: NIQE prior not found at {niqe_prior.prior_path()}: run "
-            f"`{niqe_prior.FETCH_COMMAND}` once (fetches basicsr 1.4.2's sdist from PyPI), "
-            f"or pass fetch_niqe=True")
-
-
-def _fetch_niqe() -> str:
-    if _niqe_prior_path():
-        return OK
     try:
-        niqe_prior.fetch_niqe_prior()
-    except niqe_prior.NiqePriorUnavailable as e:
-        return f"unavailable: {e}"
+        niqe_prior.prior_file()
+    except (niqe_prior.NiqePriorUnavailable, OSError) as e:
+        return f"unavailable: NIQE prior: {e}"
     return OK
 
 

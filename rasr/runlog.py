@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 
 import pyarrow as pa
@@ -25,9 +24,7 @@ def write_run(out: str, summary: dict) -> str:
             row[k] = str(v)
     row["finished_at"] = dt.datetime.now(dt.timezone.utc)
     uri = storage.join(out, RUNS_DIR, f"{summary['run_id']}.parquet")
-    buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist([row]), buf)
-    storage.write_bytes(uri, buf.getvalue())
+    storage.write_parquet(uri, [row])
     return uri
 
 

@@ -8,11 +8,9 @@ or Parquet.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from rasr import images, storage
 from rasr.catalog import Item
@@ -70,9 +68,7 @@ class Searcher:
 def write_rows(uri: str, rows: list[dict]) -> None:
     """JSON lines (.jsonl / .json) or Parquet (.parquet), chosen by the extension."""
     if uri.endswith(".parquet"):
-        buf = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), buf, compression="zstd")
-        storage.write_bytes(uri, buf.getvalue())
+        storage.write_parquet(uri, rows, SCHEMA, compression="zstd")
     elif uri.endswith((".jsonl", ".json")):
         storage.write_bytes(uri, "".join(json.dumps(r) + "\n" for r in rows).encode())
     else:

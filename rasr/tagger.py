@@ -22,8 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from rasr import weights as wts
-
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+from rasr.images import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 
 
 def _split(tags: str | Sequence[str] | None) -> list[str]:
@@ -104,8 +103,7 @@ class RamTagger(Tagger):
     def tags(self, images, categories=None) -> list[str]:
         if not images:
             return []
-        x = torch.stack([torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1) for im in
-                         [_resize(im, self.image_size) for im in images]]).float().div(255).to(self.device)
+        x = torch.cat([to_tensor(_resize(im, self.image_size)) for im in images]).to(self.device)
         mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
         probs = torch.sigmoid(self.model((x - mean) / std).float())  # (B, N)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from rasr import images, storage
 from rasr.dataset import stable_seed
 from rasr.devices import DTYPES, pick_device
+from rasr.losses import PAPER_WEIGHTS, TERMS, LossWeights, TrainingLoss
 
 log = logging.getLogger("rasr.train")
 CKPT_DIR = "checkpoints"
@@ -53,15 +54,19 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 100
     fusion_scale: float = 1.0
-    mse: float = 1.0
-    lpips: float = 2.0
-    gram: float = 1e-3
-    gan: float = 0.1
+    mse: float = PAPER_WEIGHTS.mse    # loss weights: flat fields, so checkpoints' state.json keeps its shape
+    lpips: float = PAPER_WEIGHTS.lpips
+    gram: float = PAPER_WEIGHTS.gram
+    gan: float = PAPER_WEIGHTS.gan
     vgg_weights: str | None = None
     dino_weights: str | None = None
     fixed_batch: bool = False         # reuse step 0's batch every step (overfitting checks)
     log_every: int = 10
     extra: dict = field(default_factory=dict)
+
+    def loss_weights(self) -> LossWeights:
+        """The four loss-weight fields as the LossWeights that TrainingLoss takes."""
+        return LossWeights(**{t: getattr(self, t) for t in TERMS})
 
 
 def _latest_uri(out: str) -> str:
@@ -95,19 +100,13 @@ class TrainSet:
         self.rows = [r for r in table if r["split"] == "train" and r["ref_uris"]]
         if not self.rows:
             raise ValueError(f"{storage.redact(uri)} has no training rows with references")
-        self._cache: dict[str, np.ndarray] = {}
+        self._images = images.DecodedCache()
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def image(self, uri: str) -> np.ndarray:
-        if uri not in self._cache:
-            self._cache[uri] = images.decode_image(storage.read_bytes(uri), max_pixels=1 << 62).rgb
-        return self._cache[uri]
-
-
-def _to_tensor(rgb: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).float().div(255)
+        return self._images.get(uri)
 
 
 def _crop(rgb: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -128,8 +127,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, device: str | None = None, rank: int = 0, world: int = 1,
                  model=None, loss=None):
         """`model` / `loss` replace the ones built from cfg (benchmarks pass random-init full-size ones)."""
-        from rasr.generators.refdsr import build_model
-        from rasr.losses import LossWeights, TrainingLoss
+        from rasr.generators.diffusion import build_model
 
         self.cfg, self.rank, self.world = cfg, rank, world
         self.device = pick_device(device)
@@ -141,7 +139,7 @@ class Trainer:
                 model, _ = build_model("refdsr", cfg.sd_base, cfg.osediff_weights, cfg.init_branch,
                                        new_branch=cfg.init_branch is None)
         self.model = model.to(self.device)
-        self.loss = (loss or TrainingLoss(LossWeights(cfg.mse, cfg.lpips, cfg.gram, cfg.gan), device=self.device,
+        self.loss = (loss or TrainingLoss(cfg.loss_weights(), device=self.device,
                                           vgg_weights=cfg.vgg_weights, dino_weights=cfg.dino_weights)).to(self.device)
         self.params = self.model.trainable_parameters()
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr)
@@ -167,15 +165,15 @@ class Trainer:
         gts, refs, prompts, seeds = [], [], [], []
         for j, i in enumerate(idx):
             row = self.data.rows[int(i)]
-            gts.append(_to_tensor(_crop(self.data.image(row["gt_uri"]), self.cfg.crop, rng)))
+            gts.append(images.to_tensor(_crop(self.data.image(row["gt_uri"]), self.cfg.crop, rng)))
             ref_uri = row["ref_uris"][int(rng.integers(len(row["ref_uris"])))]  # a random one of the top-k
-            refs.append(_to_tensor(_crop(self.data.image(ref_uri), self.cfg.crop, rng)))
+            refs.append(images.to_tensor(_crop(self.data.image(ref_uri), self.cfg.crop, rng)))
             prompts.append(build_prompt("", row["category"].replace("_", " ")))
             seeds.append(stable_seed(self.cfg.seed, s, micro, self.rank, j))
-        gt = torch.stack(gts).to(self.device)
+        gt = torch.cat(gts).to(self.device)
         lr, _ = degrade(gt, seeds)  # Real-ESRGAN degradation on the fly, seeded per sample
         lr_up = F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
-        ref = torch.stack(refs).to(self.device)
+        ref = torch.cat(refs).to(self.device)
         return lr_up * 2 - 1, ref * 2 - 1, prompts, gt * 2 - 1
 
     # ---- one optimiser step --------------------------------------------------------------------

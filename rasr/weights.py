@@ -87,7 +87,7 @@ def load_state_dict(path: str) -> dict[str, torch.Tensor]:
         return load_file(path, device="cpu")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling refused: the file holds more than tensors
+    except Exception as e:  # noqa: BLE001 - unpickling refused (any error): the file holds more than tensors
         raise ValueError(
             f"{path} could not be loaded with weights_only=True ({e.__class__.__name__}): it holds "
             f"Python objects, which we never unpickle; convert it to safetensors first") from None

@@ -23,6 +23,11 @@ def quiet_environment() -> None:
     """Turn off usage statistics and chatty logs; users' explicit settings win."""
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
+    import warnings
+
+    # lancedb warns in every child that Ray forks only to exec a worker (5 times per run); nothing in
+    # that child uses LanceDB, so the warning says nothing a user can act on. The filter is inherited.
+    warnings.filterwarnings("ignore", message="lancedb fork support is experimental", category=RuntimeWarning)
 
 
 quiet_environment()

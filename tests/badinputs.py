@@ -127,7 +127,8 @@ def write_hostile_inputs(folder: str, outside: str) -> dict[str, tuple[str, str]
     os.symlink(os.path.join(outside, "elsewhere.jpg"), add("escape.jpg", "skipped", "--follow-symlinks"))
     for name in ("sp ace.jpg", "\u00fcn\u00ef\u00a9\u00f8d\u00e9.jpg", "new\nline.jpg", "-dash.jpg", LONG_NAME,
                  "Case.jpg", "case.jpg", "a.jpg", "a.jpg.png"):
-        img("rocket" if name.endswith(".png") else "coffee").save(add(name, "ok"), format="PNG" if name.endswith(".png") else "JPEG")
+        png = name.endswith(".png")
+        img("rocket" if png else "coffee").save(add(name, "ok"), format="PNG" if png else "JPEG")
     img().save(add("..x.jpg", "skipped", "hidden"))
     img().save(add(".hidden.jpg", "skipped", "hidden"))
     os.makedirs(p(".dir"))

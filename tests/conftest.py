@@ -31,6 +31,28 @@ import pytest  # noqa: E402
 
 from rasr import samples  # noqa: E402
 
+# tests that start servers or flows (Prefect, Ray, S3) are the integration tier; the rest run in
+# under 2 minutes: scripts/test.sh -m "not integration"
+INTEGRATION_FIXTURES = {"s3_server", "ray_session", "prefect_harness", "flows_env"}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--gpu", action="store_true",
+                     help="also run the tests marked gpu (on a machine with a CUDA device)")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects: the integration marks must be on the items
+def pytest_collection_modifyitems(config, items):
+    opt_in = config.getoption("--gpu")
+    kept, dropped = [], []
+    for item in items:
+        if INTEGRATION_FIXTURES & set(item.fixturenames) or item.get_closest_marker("faults"):
+            item.add_marker(pytest.mark.integration)
+        (dropped if item.get_closest_marker("gpu") and not opt_in else kept).append(item)
+    if dropped:  # deselected, never counted as passing here
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
 
 @pytest.fixture(scope="session")
 def photos() -> dict[str, np.ndarray]:
@@ -97,6 +119,16 @@ def flows_env(prefect_harness, ray_session):
 
 
 @pytest.fixture(scope="session")
+def db(tmp_path_factory, sample_dirs, prefect_harness, ray_session) -> str:
+    """The sample gallery indexed once per session by the real flow (tests only read it)."""
+    from flows.index import index_gallery
+
+    path = str(tmp_path_factory.mktemp("db") / "refs.lance")
+    index_gallery(sample_dirs["gallery"], path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def sample_dirs(tmp_path_factory) -> dict[str, str]:
     """The bundled sample: gallery/<category>/<photo>.png and a low-res archive."""
     return samples.write_sample(str(tmp_path_factory.mktemp("sample")))
@@ -119,7 +151,8 @@ def tree_snapshot(root: str) -> dict[str, tuple[int, int, str]]:
 @pytest.fixture(scope="session")
 def tiny_diffusion(tmp_path_factory) -> dict[str, str]:
     """Tiny SD-2.1-layout folder + OSEDiff pkl + a (perturbed) RefDSR branch, saved where users keep them."""
-    from rasr.generators.refdsr import RefDSR, build_model
+    from rasr.generators.diffusion import build_model
+    from rasr.generators.refdsr import RefDSR
     from tests.tiny_sd import build_tiny, make_fake_osediff_pkl, perturb_branch, save_tiny
 
     root = tmp_path_factory.mktemp("tiny-sd")
@@ -135,16 +168,10 @@ def tiny_diffusion(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def niqe_prior():
-    """NIQE's prior in the session cache: copied from the user cache that setup filled, else fetched."""
-    import shutil
-    from pathlib import Path
-
+    """NIQE's prior (packaged with rasr) as the .mat pyiqa reads, in the session cache."""
     from rasr import niqe_prior as prior
 
-    user = Path(os.path.expanduser("~")) / ".cache" / "rasr" / "niqe"
-    if prior.cached_prior() is None and user.is_dir():
-        shutil.copytree(user, prior.prior_dir(), dirs_exist_ok=True)
-    return prior.fetch_niqe_prior()
+    return prior.prior_file()
 
 
 @pytest.fixture(scope="module")

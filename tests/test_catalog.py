@@ -122,3 +122,20 @@ def test_symlinks_are_never_followed_out_of_the_tree_or_into_a_loop(tmp_path):
     assert "--follow-symlinks" in got["out.jpg"].reason
     followed = {i.relpath: i.status for i in catalog.list_inputs(str(src), follow_symlinks=True)}
     assert followed["out.jpg"] == "" and followed["outdir/secret.jpg"] == ""
+
+
+@pytest.mark.parametrize("rel, category", [("animals/cat.jpg", "animals"), ("a/b/c.png", "a"), ("top.jpg", "")])
+def test_category_is_the_first_folder(rel, category):
+    assert catalog.category_of(rel) == category
+
+
+def test_write_parquet_takes_rows_or_a_table_and_leaves_no_temporary_file(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([pa.field("a", pa.int32()), pa.field("b", pa.string())])
+    storage.write_parquet(str(tmp_path / "rows.parquet"), [{"a": 1, "b": "x"}], schema, compression="zstd")
+    storage.write_parquet(str(tmp_path / "table.parquet"), pa.table({"a": [2]}))
+    assert pq.read_table(tmp_path / "rows.parquet").schema == schema
+    assert pq.read_table(tmp_path / "table.parquet").to_pylist() == [{"a": 2}]
+    assert sorted(os.listdir(tmp_path)) == ["rows.parquet", "table.parquet"]

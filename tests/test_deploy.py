@@ -71,6 +71,9 @@ def server(tmp_path_factory):
     stop(proc)
 
 
+WATCH = ("--watch", "--watch-interval", "1", "--watch-timeout", "400")
+
+
 def prefect(env, *args, timeout=600, **kw):
     r = subprocess.run([str(BIN / "prefect"), *args], env=env, capture_output=True, text=True, timeout=timeout,
                        cwd=ROOT, **kw)
@@ -103,8 +106,8 @@ def test_deployments_on_a_real_server(server, sample_dirs, tmp_path):
     worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "rasr-process"], env=worker_env,
                               cwd=ROOT, stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        prefect(env, "deployment", "run", "index-gallery/reindex-gallery", "--watch", "--watch-interval", "1", "--watch-timeout", "400")
-        prefect(env, "deployment", "run", "nightly-enhance/nightly-enhance", "--watch", "--watch-interval", "1", "--watch-timeout", "400")
+        prefect(env, "deployment", "run", "index-gallery/reindex-gallery", *WATCH)
+        prefect(env, "deployment", "run", "nightly-enhance/nightly-enhance", *WATCH)
         rows = read_manifest(str(out)).to_pylist()
         assert len(rows) == 6 and all(r["status"] == "ok" for r in rows)
         assert (out / "_state" / "watermark.json").exists()
@@ -112,7 +115,7 @@ def test_deployments_on_a_real_server(server, sample_dirs, tmp_path):
         for n in ("rocket", "coffee"):  # two new photos arrive
             img = Image.fromarray(as_rgb(load_photo(n))).resize((80, 60))
             img.save(archive / "food" / f"new_{n}.jpg")
-        prefect(env, "deployment", "run", "nightly-enhance/nightly-enhance", "--watch", "--watch-interval", "1", "--watch-timeout", "400")
+        prefect(env, "deployment", "run", "nightly-enhance/nightly-enhance", *WATCH)
         runs = sorted((out / "runs").glob("*.parquet"))
         assert len(runs) == 2
         last = pq.read_table(runs[-1]).to_pylist()[0]

@@ -5,18 +5,10 @@ import pytest
 from PIL import Image
 
 from flows.enhance import enhance_archive
-from flows.index import index_gallery
 from rasr.generators import load_generator
 from rasr.manifest import read_manifest
 
 THRESHOLD = 0.75  # the sample's six photos find references at 0.67-0.84: three on each side
-
-
-@pytest.fixture(scope="module")
-def db(tmp_path_factory, sample_dirs, prefect_harness, ray_session):
-    path = str(tmp_path_factory.mktemp("db") / "refs.lance")
-    index_gallery(sample_dirs["gallery"], path)
-    return path
 
 
 def test_refdsr_in_the_pipeline(flows_env, db, sample_dirs, tiny_diffusion, tmp_path):

@@ -3,22 +3,13 @@
 import io
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from flows.enhance import enhance_archive
-from flows.index import index_gallery
 from rasr import manifest
 from rasr.manifest import read_manifest
 from tests.badinputs import PIXEL_LIMIT, write_bad_inputs
 from tests.conftest import tree_snapshot
-
-
-@pytest.fixture(scope="module")
-def db(tmp_path_factory, sample_dirs, prefect_harness, ray_session):
-    path = str(tmp_path_factory.mktemp("db") / "refs.lance")
-    index_gallery(sample_dirs["gallery"], path)
-    return path
 
 
 def odd_archive(folder):

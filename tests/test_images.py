@@ -4,6 +4,7 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from rasr import images
@@ -74,3 +75,25 @@ def test_encode_keeps_alpha_and_grayscale():
     assert g.mode == "L"
     with pytest.raises(ValueError, match="unknown output format"):
         images.encode_image(rgb, "gif")
+
+
+def test_to_tensor_and_back_is_lossless_and_copies():
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    rgb.flags.writeable = False  # decoded photos can be read-only
+    x = images.to_tensor(rgb)
+    assert x.shape == (1, 3, 5, 7) and x.dtype.is_floating_point and 0 <= x.min() and x.max() <= 1
+    assert np.array_equal(images.to_uint8(x[0]), rgb)
+    assert images.to_uint8(torch.tensor([-1.0, 0.25, 2.0]).view(3, 1, 1)).tolist() == [[[0, 64, 255]]]  # clamped, rounded
+
+
+def test_decoded_cache_keeps_the_recently_used_and_bounds_the_side(tmp_path):
+    paths = []
+    for i, size in enumerate([(40, 20), (8, 8), (8, 8)]):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.new("RGB", size, (i * 50, 0, 0)).save(paths[-1])
+    cache = images.DecodedCache(max_items=2, max_side=10)
+    assert cache.get(paths[0]).shape == (5, 10, 3)  # 40x20 -> long side 10
+    cache.get(paths[1])
+    cache.get(paths[0])  # used again: 1 is now the least recently used
+    cache.get(paths[2])
+    assert list(cache._rgb) == [paths[0], paths[2]]

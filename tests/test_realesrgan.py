@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from rasr.generators import ncnn
-from rasr.generators.base import Restorer, to_tensor
+from rasr.generators.base import Restorer
 from rasr.generators.realesrgan import RealESRGAN, packaged_param
+from rasr.images import to_tensor
 from rasr.weights import WeightsNotFound
 
 PARAM = packaged_param()

@@ -78,7 +78,8 @@ def test_resume_gives_the_same_losses(ds, tiny_diffusion, tmp_path):
     assert second.resume() and second.step == 2
     resumed = second.run()
     assert [h["step"] for h in resumed] == [1, 2, 3, 4]
-    np.testing.assert_allclose([h["total"] for h in resumed], [h["total"] for h in straight], rtol=0, atol=0)  # bit-identical: every random choice is keyed by the step
+    # bit-identical: every random choice is keyed by the step
+    np.testing.assert_allclose([h["total"] for h in resumed], [h["total"] for h in straight], rtol=0, atol=0)
     assert latest_checkpoint(str(tmp_path / "b"))["step"] == 4
 
 

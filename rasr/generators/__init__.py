@@ -37,7 +37,7 @@ def load_generator(name: str, weights: str | None = None, device: str | None = N
 
         return RealESRGAN(weights=weights, device=device, dtype=dtype)
     if name in ("osediff", "refdsr"):
-        from rasr.generators.refdsr import load_diffusion_generator
+        from rasr.generators.diffusion import load_diffusion_generator
 
         return load_diffusion_generator(name, weights=weights, device=device, dtype=dtype, **options)
     if ":" in name:

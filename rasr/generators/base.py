@@ -14,8 +14,6 @@ inputs, batching of same-size inputs, dtype/device, and the colour fix.
 from __future__ import annotations
 
 import abc
-import math
-from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -23,6 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from rasr import colorfix
+from rasr.generators.tiling import tiled_apply
+from rasr.images import to_tensor, to_uint8
 
 
 class Generator(abc.ABC):
@@ -47,22 +47,6 @@ class Generator(abc.ABC):
         return {}
 
 
-@dataclass
-class RestoreResult:
-    image: np.ndarray                          # (H*scale, W*scale, 3) uint8
-    timings_ms: dict = field(default_factory=dict)
-
-
-def to_tensor(img: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (1, 3, H, W) float32 in [0, 1]."""
-    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div(255.0)[None]
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(3, H, W) float in [0, 1] -> (H, W, 3) uint8 (rounded, not truncated)."""
-    return x.detach().float().clamp(0, 1).mul(255.0).round().byte().permute(1, 2, 0).cpu().numpy()
-
-
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, int]:
     """Pad bottom/right (reflect where possible) so both sides are multiples; returns (x, pad_h, pad_w)."""
     h, w = x.shape[-2:]
@@ -71,27 +55,6 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, 
         return x, 0, 0
     mode = "reflect" if ph < h and pw < w else "replicate"
     return F.pad(x, (0, pw, 0, ph), mode=mode), ph, pw
-
-
-def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    if length <= tile:
-        return [0]
-    stride = tile - overlap
-    n = math.ceil((length - tile) / stride) + 1
-    starts = [min(i * stride, length - tile) for i in range(n)]
-    return sorted(set(starts))
-
-
-def _ramp(length: int, overlap: int, at_start: bool, at_end: bool, device) -> torch.Tensor:
-    """1-D blending weight: linear ramps over the overlap at inner edges, 1 elsewhere."""
-    w = torch.ones(length, device=device)
-    if overlap > 0:
-        ramp = (torch.arange(overlap, device=device, dtype=torch.float32) + 0.5) / overlap
-        if not at_start:
-            w[:overlap] = torch.minimum(w[:overlap], ramp)
-        if not at_end:
-            w[-overlap:] = torch.minimum(w[-overlap:], ramp.flip(0))
-    return w
 
 
 class Restorer:
@@ -163,22 +126,8 @@ class Restorer:
 
     def _restore_tiled(self, lr, ref, prompts):
         """Tiles of `tile` LR pixels overlapping by `overlap`, blended with linear ramps."""
-        b, c, h, w = lr.shape
-        s, t, ov = self.g.scale, self.tile, self.overlap
-        out = torch.zeros(b, c, h * s, w * s, device=self.g.device)
-        weight = torch.zeros(1, 1, h * s, w * s, device=self.g.device)
-        ys, xs = _tile_starts(h, t, ov), _tile_starts(w, t, ov)
-        for y in ys:
-            for x in xs:
-                tile = lr[..., y:y + t, x:x + t]
-                th, tw = tile.shape[-2:]
-                hr = self._restore_padded(tile, ref, prompts)
-                wy = _ramp(th * s, ov * s, y == 0, y + th >= h, self.g.device)
-                wx = _ramp(tw * s, ov * s, x == 0, x + tw >= w, self.g.device)
-                wgt = (wy[:, None] * wx[None, :])[None, None]
-                out[..., y * s:(y + th) * s, x * s:(x + tw) * s] += hr * wgt
-                weight[..., y * s:(y + th) * s, x * s:(x + tw) * s] += wgt
-        return out / weight.clamp_min(1e-8)
+        return tiled_apply(lambda tile: self._restore_padded(tile, ref, prompts), lr, self.tile, self.overlap,
+                           scale=self.g.scale, window="ramp")
 
     def _fix_colour(self, hr, lr):
         if self.color_fix == "none":

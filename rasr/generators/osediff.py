@@ -42,6 +42,7 @@ import torch.nn as nn
 
 from rasr import weights as wts
 from rasr.generators.sd import SDComponents, encode_prompts
+from rasr.generators.tiling import tiled_apply
 
 TIMESTEP = 999          # OSEDiff's single step
 OSEDIFF_ALPHA = 8.0     # peft's default lora_alpha when OSEDiff was trained (it never set one)
@@ -164,40 +165,6 @@ def apply_osediff(unet: nn.Module, vae: nn.Module, w: OSEDiffWeights, merge: boo
             model.unload_lora()
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of `tile` covering `length` with at least `overlap` shared; the last ends at `length`."""
-    if length <= tile:
-        return [0]
-    stride = tile - overlap
-    n = math.ceil((length - tile) / stride) + 1
-    return sorted({min(i * stride, length - tile) for i in range(n)})
-
-
-def gaussian_weights(h: int, w: int, device) -> torch.Tensor:
-    """(h, w) blending weights, a gaussian with sigma = size / 4: smooth across any overlap, never zero."""
-    def g(n):
-        x = torch.arange(n, device=device, dtype=torch.float32) - (n - 1) / 2
-        return torch.exp(-0.5 * (x / (n / 4)) ** 2)
-    return g(h)[:, None] * g(w)[None, :]
-
-
-def tiled_apply(fn, z: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
-    """Run fn on overlapping (tile x tile) latent tiles of z (B, C, H, W) and blend with gaussian weights."""
-    b, _, h, w = z.shape
-    th, tw = min(tile, h), min(tile, w)
-    weight = gaussian_weights(th, tw, z.device)
-    out = acc = None
-    for y in tile_starts(h, th, overlap):
-        for x in tile_starts(w, tw, overlap):
-            o = fn(z[..., y:y + th, x:x + tw]).float()  # (B, C', th, tw)
-            if out is None:
-                out = torch.zeros(b, o.shape[1], h, w, device=z.device)
-                acc = torch.zeros(1, 1, h, w, device=z.device)
-            out[..., y:y + th, x:x + tw] += o * weight
-            acc[..., y:y + th, x:x + tw] += weight
-    return out / acc
-
-
 class OneStepSR(nn.Module):
     """OSEDiff's generator: frozen SD-2.1-base (OSEDiff LoRA merged) restoring in one UNet call at t=999."""
 
@@ -267,7 +234,7 @@ class OneStepSR(nn.Module):
         """Inference on any size: latent tiles of `tile` (latent px) overlapping by `overlap`, VAE tiling above it."""
         z = self.encode_lr(x, generator)
         if max(z.shape[-2:]) > tile:
-            out = tiled_apply(lambda zt: self.model_output(zt, text, **branch), z, tile, overlap)
+            out = tiled_apply(lambda zt: self.model_output(zt, text, **branch), z, tile, overlap, window="gaussian")
         else:
             out = self.model_output(z, text, **branch).float()
         return self.decode(self.to_x0(z.float(), out))

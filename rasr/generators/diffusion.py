@@ -1,0 +1,145 @@
+"""The diffusion generators `osediff` and `refdsr` as the pipeline uses them: finding and loading their
+weights (SD-2.1-base, the OSEDiff LoRA, the RefDSR branch) with one error naming every missing part, and
+the Generator wrapper (x4, internal tiling, prompts from the tagger, precision). The models themselves
+are in osediff.py (OneStepSR) and refdsr.py (RefDSR)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+
+import torch
+import torch.nn.functional as F
+
+from rasr import storage
+from rasr import weights as wts
+from rasr.devices import parse_dtype, pick_device
+from rasr.generators import sd as sdlib
+from rasr.generators.base import Generator
+from rasr.generators.osediff import OneStepSR, apply_osediff, read_osediff
+from rasr.generators.refdsr import BRANCH_FILE, BRANCH_META, BranchConfig, RefDSR, read_branch
+
+
+HOW = {
+    "SD-2.1-base": "give a diffusers-layout folder (unet/ vae/ text_encoder/ tokenizer/ scheduler/) or an s3:// URI "
+                   "of one with weights=... or RASR_SD_BASE, or a Hugging Face id where the hub is reachable",
+    "OSEDiff LoRA": "download osediff.pkl (github.com/cswry/OSEDiff release) and pass osediff_weights=PATH or set "
+                    "RASR_OSEDIFF_WEIGHTS (the .pkl, or the folder written by osediff_pkl_to_safetensors)",
+    "RefDSR branch": f"pass refdsr_weights=FOLDER or set RASR_REFDSR_WEIGHTS (a folder with {BRANCH_FILE} + "
+                     f"{BRANCH_META}, written by RefDSR.save_branch after training)",
+}
+
+
+def _file_missing(ref: str | None) -> str | None:
+    if not ref:
+        return "not given"
+    if storage.is_remote(ref):
+        return None if storage.exists(ref) else f"{storage.redact(ref)} not found"
+    return None if os.path.exists(ref) else f"{ref} does not exist"
+
+
+def build_model(name: str, weights: str | None = None, osediff_weights: str | None = None,
+                refdsr_weights: str | None = None, new_branch: bool = False,
+                branch_config: BranchConfig | None = None) -> tuple[OneStepSR, str]:
+    """Load "osediff" or "refdsr" (fp32, CPU) and its weights id; new_branch=True starts a fresh branch (training)."""
+    refs = {"SD-2.1-base": weights or os.environ.get("RASR_SD_BASE") or sdlib.DEFAULT_SD_BASE,
+            "OSEDiff LoRA": osediff_weights or os.environ.get("RASR_OSEDIFF_WEIGHTS"),
+            "RefDSR branch": refdsr_weights or os.environ.get("RASR_REFDSR_WEIGHTS")}
+    needed = ["SD-2.1-base", "OSEDiff LoRA"] + (["RefDSR branch"] if name == "refdsr" and not new_branch else [])
+    missing = {}
+    for part in needed:
+        reason = sdlib.missing_reason(refs[part]) if part == "SD-2.1-base" else _file_missing(refs[part])
+        if reason:
+            missing[part] = reason
+    if missing:
+        lines = [f"  - {part}: {why}; {HOW[part]}" for part, why in missing.items()]
+        raise wts.WeightsNotFound(f"{name} cannot load: {len(missing)} weight part(s) missing\n" + "\n".join(lines))
+
+    comps = sdlib.load(refs["SD-2.1-base"])
+    ose = read_osediff(refs["OSEDiff LoRA"])
+    ids = [comps.weights_id, ose.weights_id]
+    ref_vae = copy.deepcopy(comps.vae) if name == "refdsr" else None  # before OSEDiff's encoder LoRA goes in
+    apply_osediff(comps.unet, comps.vae, ose)
+    if name == "osediff":
+        model: OneStepSR = OneStepSR(comps)
+    else:
+        cfg, state = (branch_config or BranchConfig(), None) if new_branch else read_branch(refs["RefDSR branch"])
+        model = RefDSR(comps, ref_vae, cfg)
+        ids.append(model.load_branch_tensors(state) if state is not None else "new-branch")
+    return model, hashlib.sha256("|".join(ids).encode()).hexdigest()[:16]
+
+
+class DiffusionGenerator(Generator):
+    """`osediff` / `refdsr` behind the Generator interface: x4, tiles internally, any batch size."""
+
+    scale = 4
+    tiles_internally = True
+
+    def __init__(self, name: str, model: OneStepSR, weights_id: str, device=None, dtype: str = "fp32",
+                 fusion_scale: float = 0.5, tile_size: int = 512, tile_overlap: int = 128,
+                 seed: int | None = None, tagger="category"):
+        from rasr.tagger import get_tagger
+
+        m = model.hr_multiple
+        if tile_size % m or not 0 <= tile_overlap < tile_size // 2 or tile_overlap % model.vae_scale:
+            raise ValueError(f"tile_size={tile_size} must be a multiple of {m} and tile_overlap={tile_overlap} a "
+                             f"multiple of {model.vae_scale} under half the tile")
+        self.name, self.weights_id = name, weights_id
+        self.uses_reference = name == "refdsr"
+        self.pad_multiple = m // self.scale  # 16: the x4 image must split into whole UNet features
+        self.device = pick_device(device)
+        self.dtype = parse_dtype(dtype, self.device)
+        self.precision = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype]
+        self.model = model.to(self.device, self.dtype).eval()
+        self.fusion_scale, self.tile_size, self.tile_overlap, self.seed = fusion_scale, tile_size, tile_overlap, seed
+        self.tagger = get_tagger(tagger)
+        for vae in (model.vae, getattr(model, "ref_vae", None)):
+            if vae is not None:  # diffusers VAE tiling, active only above tile_size pixels
+                vae.enable_tiling()
+                vae.tile_sample_min_size = tile_size
+                vae.tile_latent_min_size = tile_size // model.vae_scale
+
+    def restore(self, lr: torch.Tensor, ref: torch.Tensor | None, prompts: list[str] | None = None) -> torch.Tensor:
+        """lr (B, 3, h, w) in [0, 1], sides multiples of pad_multiple -> (B, 3, 4h, 4w) in [0, 1]."""
+        b, _, h, w = lr.shape
+        if h % self.pad_multiple or w % self.pad_multiple:
+            raise ValueError(f"{self.name} needs LR sides that are multiples of {self.pad_multiple}, got {h}x{w}: "
+                             f"run it through rasr.generators.Restorer, which pads")
+        prompts = list(prompts) if prompts is not None else [""] * b
+        if len(prompts) != b:
+            raise ValueError(f"{b} images but {len(prompts)} prompts")
+        x = F.interpolate(lr.to(self.device).float(), scale_factor=self.scale, mode="bicubic", align_corners=False)
+        x = x.clamp(0, 1) * 2 - 1
+        text = self.model.text_embeddings(prompts)
+        gen = None if self.seed is None else torch.Generator(self.device).manual_seed(self.seed)
+        kw = {}
+        if self.uses_reference and ref is not None:
+            kw = {"ref": ref.to(self.device).float() * 2 - 1, "fusion_scale": self.fusion_scale}
+        y = self.model.restore(x, text, self.tile_size // self.model.vae_scale,
+                               self.tile_overlap // self.model.vae_scale, generator=gen, **kw)
+        return ((y.float() + 1) / 2).clamp(0, 1)
+
+    def info(self) -> dict:
+        """Tagger, fusion scale, precision, tiling, latent mode and weights id: what changes the output."""
+        return {"tagger": self.tagger.name, "fusion_scale": self.fusion_scale if self.uses_reference else None,
+                "precision": self.precision, "tile_size": self.tile_size, "tile_overlap": self.tile_overlap,
+                "latent": "mode" if self.seed is None else f"sample(seed={self.seed})", "weights_id": self.weights_id}
+
+
+OPTIONS = ("osediff_weights", "refdsr_weights", "fusion_scale", "tile_size", "tile_overlap", "seed", "tagger")
+
+
+def load_diffusion_generator(name: str, weights: str | None = None, device: str | None = None,
+                             dtype: str = "fp32", **options) -> DiffusionGenerator:
+    """Build `osediff` or `refdsr` with its weights (SD base: `weights`; the rest: options or RASR_* env vars)."""
+    if name not in ("osediff", "refdsr"):
+        raise ValueError(f"unknown diffusion generator {name!r}: choose osediff or refdsr")
+    unknown = set(options) - set(OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))} for {name}: choose from {', '.join(OPTIONS)}")
+    model, weights_id = build_model(name, weights, options.pop("osediff_weights", None),
+                                    options.pop("refdsr_weights", None))
+    if isinstance(model, RefDSR):
+        model.fuse_branch()  # inference only: fold the branch LoRA in, as OSEDiff's is
+    return DiffusionGenerator(name, model, weights_id, device=device, dtype=dtype, **options)
