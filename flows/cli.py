@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from rasr.colorfix import COLOR_FIXES
 from rasr.encoder_names import DEFAULT_ENCODER, ENCODERS
 
 EXIT_PARTIAL = 3
@@ -268,7 +269,7 @@ def search(images, db, k, table, category, encoder_weights, as_json, out, worker
 @click.option("--batch-size", type=int, default=4, show_default=True, help="Images per model call.")
 @click.option("--tile", type=int, default=256, show_default=True, help="Tile size in input pixels (0 = never tile).")
 @click.option("--tile-overlap", type=int, default=32, show_default=True)
-@click.option("--color-fix", type=click.Choice(["none", "adain", "wavelet"]), default="none", show_default=True)
+@click.option("--color-fix", type=click.Choice(list(COLOR_FIXES)), default="none", show_default=True)
 @click.option("--format", "output_format", type=click.Choice(["png", "jpg", "webp", "webp-lossless"]), default="png",
               show_default=True, help="Output format (png and webp-lossless keep every pixel; see docs/PERFORMANCE.md).")
 @click.option("--png-level", type=click.IntRange(0, 9), default=1, show_default=True,

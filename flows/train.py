@@ -54,6 +54,14 @@ def _ray_worker_loop(config: dict) -> None:
     t.run(on_step=lambda step, parts: ray.train.report({"step": step, **parts}))
 
 
+def ray_train_dir(out: str) -> str | None:
+    """Where Ray Train keeps its run state: RASR_RAY_TRAIN_DIR, else beside a local OUT's checkpoints
+    (never the working directory), else Ray's default (~/ray_results) for an s3:// OUT."""
+    if os.environ.get("RASR_RAY_TRAIN_DIR"):
+        return os.environ["RASR_RAY_TRAIN_DIR"]
+    return None if storage.is_remote(out) else os.path.join(os.path.abspath(out), ".ray-train")
+
+
 @flow(name="train-refdsr")
 def train_refdsr(dataset: str, out: str, sd_base: str | None = None, osediff_weights: str | None = None,
                  init_branch: str | None = None, steps: int = 1000, batch_size: int = 4, grad_accum: int = 1,
@@ -92,9 +100,7 @@ def train_refdsr(dataset: str, out: str, sd_base: str | None = None, osediff_wei
         trainer = TorchTrainer(_ray_worker_loop, train_loop_config=asdict(cfg),
                                scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                                             resources_per_worker=resources),
-                               run_config=RunConfig(name=f"rasr-train-{os.getpid()}",
-                                                    storage_path=os.environ.get("RASR_RAY_TRAIN_DIR",
-                                                                                os.path.abspath(".ray-train"))))
+                               run_config=RunConfig(name=f"rasr-train-{os.getpid()}", storage_path=ray_train_dir(out)))
         trainer.fit()
         start = before["step"] if before else 0
         state = storage.read_json(storage.join(latest_checkpoint(out)["dir"], "state.json"))

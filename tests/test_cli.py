@@ -42,11 +42,9 @@ def summary_of(stdout: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def cli_db(tmp_path_factory, sample_dirs):
-    db = str(tmp_path_factory.mktemp("cli") / "refs.lance")
-    r = run("index", sample_dirs["gallery"], "--db", db)
-    assert r.returncode == 0, r.stderr
-    assert "embedded" in r.stdout and "20" in r.stdout
+def cli_db(db):
+    """The session's indexed sample gallery (`rasr index` through the CLI runs in tests/test_cluster.py,
+    tests/test_faults.py (on S3 behind a faulty proxy) and scripts/setup.sh)."""
     return db
 
 

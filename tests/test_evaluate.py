@@ -4,7 +4,6 @@ import csv
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -18,6 +17,7 @@ from flows.index import index_gallery
 from rasr import catalog, manifest
 from rasr.evaluate import EVAL_SCHEMA, prepare_hr
 from rasr.samples import as_rgb, load_photo
+from tests import browser
 
 TEST_SET = {"animals": ["chelsea"], "food": ["coffee"], "people": ["astronaut"], "machines": ["rocket"]}
 
@@ -134,8 +134,7 @@ def test_html_report_is_self_contained(result):
 
 def test_report_renders_in_headless_chromium(result, tmp_path):
     res, out = result
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "headless Chromium is needed for this check: apt-get install chromium (.ci/run does)"
+    chromium = browser.chromium()
     shot = tmp_path / "report.png"
     args = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'u'}",

@@ -658,3 +658,12 @@ def test_no_secret_literals_in_infra_or_docs():
             if names_a_secret(m.group(1)) and not is_placeholder(m.group(2)):
                 problems.append(f"{where}: {m.group(1)} = {m.group(2)!r} looks like a literal secret")
     assert not problems, "\n".join(problems)
+
+
+def test_report_tests_skip_naming_the_install_command_where_chromium_is_missing(monkeypatch):
+    from tests import browser
+
+    monkeypatch.setattr(browser.shutil, "which", lambda name: None)
+    with pytest.raises(pytest.skip.Exception, match="sudo apt-get install chromium"):
+        browser.chromium()
+    assert "apt-get install" in (ROOT / "scripts" / "setup.sh").read_text()  # set-up installs it where it can

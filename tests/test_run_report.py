@@ -9,7 +9,6 @@ import html
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from urllib.parse import quote
@@ -19,11 +18,11 @@ import pytest
 from PIL import Image
 
 from flows.enhance import enhance_archive
-from flows.index import index_gallery
 from flows.nightly import nightly_enhance
 from rasr import manifest, runreport
 from rasr.manifest import read_manifest
 from rasr.samples import as_rgb, load_photo
+from tests.browser import browse
 from tests.test_cli import NO_ENGINES, summary_of
 
 RASR = [sys.executable, "-m", "flows.cli"]
@@ -33,19 +32,6 @@ ODD_NAME = "food/coffee & l'été <b>.png"  # quotes, markup and accents: escape
 def save_photo(path, name, size):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     Image.fromarray(as_rgb(load_photo(name))).resize(size, Image.BICUBIC).save(path)
-
-
-@pytest.fixture(scope="module")
-def db(tmp_path_factory, sample_dirs, flows_env):
-    """A six-photo gallery in four categories (enough for references with categories and similarities)."""
-    root = tmp_path_factory.mktemp("gallery")
-    for cat, name in [("animals", "chelsea"), ("food", "coffee"), ("machines", "rocket"), ("machines", "clock"),
-                      ("people", "astronaut"), ("places", "china")]:
-        (root / "g" / cat).mkdir(parents=True, exist_ok=True)
-        shutil.copy(os.path.join(sample_dirs["gallery"], cat, f"{name}.png"), root / "g" / cat)
-    path = str(root / "refs.lance")
-    index_gallery(str(root / "g"), path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -187,22 +173,6 @@ def test_a_report_failure_does_not_fail_the_run(db, tmp_path, monkeypatch, caplo
 
 
 # ---- headless Chromium ---------------------------------------------------------------------------
-
-def chromium() -> str:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if not exe:
-        pytest.skip("headless Chromium is needed for this check: apt-get install chromium")
-    return exe
-
-
-def browse(url: str, tmp_path, *extra: str, height: int = 2400) -> subprocess.CompletedProcess:
-    """Open `url` in headless Chromium; timers and script loads run (virtual time) before it dumps or shoots."""
-    args = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'u'}",
-            f"--window-size=1400,{height}", "--virtual-time-budget=20000", "--enable-logging=stderr", "--v=0",
-            *extra, url]
-    return subprocess.run(args, capture_output=True, text=True, timeout=180)
-
 
 def selftest(index, tmp_path, sim: float | None = None) -> dict:
     """The page's own test hook (#selftest): what it saw, as JSON in <pre id=selftest>; no console output."""

@@ -96,7 +96,7 @@ def test_only_the_branch_trains_and_losses_are_recorded(ds, tiny_diffusion, tmp_
         assert status[name].startswith("off:")
 
 
-def test_overfits_a_fixed_batch_and_loads_into_enhance(ds, tiny_diffusion, tmp_path, sample_dirs):
+def test_overfits_a_fixed_batch_and_loads_into_enhance(ds, tiny_diffusion, tmp_path, sample_dirs, db):
     t = Trainer(cfg(ds, tiny_diffusion, tmp_path / "fit", steps=30, fixed_batch=True, checkpoint_every=30,
                     lr=1e-2))
     losses = [h["total"] for h in t.run()]
@@ -108,10 +108,7 @@ def test_overfits_a_fixed_batch_and_loads_into_enhance(ds, tiny_diffusion, tmp_p
     assert trained.weights_id != load_generator("refdsr", weights=tiny_diffusion["base"],
                                                 refdsr_weights=tiny_diffusion["branch"], **opts).weights_id
     from flows.enhance import enhance_archive
-    from flows.index import index_gallery
 
-    db = str(tmp_path / "db")
-    index_gallery(sample_dirs["gallery"], db)
     s = enhance_archive(sample_dirs["archive"], str(tmp_path / "out"), db=db, generator="refdsr",
                         generator_weights=tiny_diffusion["base"], generator_options={**opts, "refdsr_weights": branch})
     assert s["ok"] == 6 and s["failed"] == 0
@@ -130,6 +127,8 @@ def test_train_flow_local_then_ray_train_resume(flows_env, ds, tiny_diffusion, t
     # data parallel on Ray Train (2 CPU workers, gloo), resuming the local run's checkpoint
     s2 = train_refdsr(str(ds[0]), str(tmp_path), steps=2, engine="ray", workers=2, cpus_per_worker=0.5, **common)
     assert s2["step"] == 2 and s2["resumed_from"] == 1 and len(s2["history"]) == 1
+    # Ray Train's run state stays beside the checkpoints, never in the working directory
+    assert (tmp_path / ".ray-train").is_dir() and not os.path.exists(".ray-train")
     assert train_refdsr(str(ds[0]), str(tmp_path), steps=2, **common)["history"] == []  # nothing left to do
 
 
