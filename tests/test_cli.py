@@ -19,9 +19,14 @@ API_ENV: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def prefect_api(prefect_harness):
-    """CLI subprocesses talk to the session's test API (else each one boots its own server, ~10 s)."""
+def prefect_api(prefect_harness, ray_session):
+    """CLI subprocesses talk to the session's test API (else each one boots its own server, ~10 s) and
+    join the session's Ray as a cluster through RAY_ADDRESS, as users point them at theirs (else each
+    one starts Ray, ~5 s)."""
+    import ray
+
     API_ENV["PREFECT_API_URL"] = prefect_harness
+    API_ENV["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     yield
     API_ENV.clear()
 
