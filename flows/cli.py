@@ -160,7 +160,7 @@ def index(ctx, gallery, db, encoder, encoder_weights, table, shard_size, batch_s
                                 ray_address=ray_address, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
                                 compact=not no_compact, keep_versions_minutes=keep_versions_minutes,
                                 min_ref_side=min_ref_side, near_duplicate=near_duplicate, show_progress=True)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - any failure: one line on stderr and exit 1 (_fail)
         _fail(e)
     for err in summary["errors"]:
         click.echo(f"  skipped {err['uri']}: {err['error']}", err=True)
@@ -204,7 +204,8 @@ def search(images, db, k, table, category, encoder_weights, as_json, out, worker
         raise click.UsageError(f"--out {out}: give a .jsonl or .parquet file name")
     from rasr import storage
 
-    single = len(images) == 1 and not out and storage.filesystem(images[0])[0].isfile(storage.filesystem(images[0])[1])
+    fs, path = storage.filesystem(images[0])
+    single = len(images) == 1 and not out and fs.isfile(path)
     if not single:
         from flows.search import search_batch
 
@@ -213,7 +214,7 @@ def search(images, db, k, table, category, encoder_weights, as_json, out, worker
                              encoder_weights=encoder_weights, workers=workers, gpus_per_worker=gpus_per_worker,
                              worker_resources=_resources(worker_resources), ray_address=ray_address,
                              show_progress=True)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - any failure: one line on stderr and exit 1 (_fail)
             _fail(e)
         if as_json and not out:
             for row in s["rows"]:
@@ -238,7 +239,7 @@ def search(images, db, k, table, category, encoder_weights, as_json, out, worker
         g.configure(enc)
         vec = enc.encode([I.decode_image(data).rgb])
         hits = g.search(vec, k=k, exclude_ids=[hashlib.sha256(data).hexdigest()], category=category)[0]
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - any failure: one line on stderr and exit 1 (_fail)
         _fail(e)
     if as_json:
         click.echo(json.dumps([h.as_dict() for h in hits], indent=1))
@@ -309,7 +310,7 @@ def enhance(input, output, db, table, generator, generator_weights, osediff_weig
         work = E.plan(cfg, input, output, shard_size, follow_symlinks=follow_symlinks)
     except (E.UsageError, ValueError) as e:
         raise click.UsageError(str(e)) from None
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - any failure: one line on stderr and exit 1 (_fail)
         _fail(e)
     if not work.shards:
         click.echo(f"nothing new: all {len(work.items)} inputs are done under this configuration")
@@ -322,7 +323,7 @@ def enhance(input, output, db, table, generator, generator_weights, osediff_weig
         summary = enhance_archive(input, output, shard_size=shard_size, workers=workers, gpus_per_worker=gpus_per_worker,
                                   worker_resources=resources, ray_address=ray_address, follow_symlinks=follow_symlinks,
                                   show_progress=True, **params)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - any failure: one line on stderr and exit 1 (_fail)
         _fail(e)
     for err in summary["errors"][:50]:
         click.echo(f"  failed {err['uri']}: {err['error']}", err=True)
@@ -356,7 +357,7 @@ def report(output, first_run) -> None:
 
     try:
         res = write_report(output, first_run=first_run)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - any failure: one line on stderr and exit 1 (_fail)
         _fail(e)
     res["report"] = storage.redact(res["report"])
     _print_summary("report summary", res, ["rows", "pages", "thumbs_made", "thumbs_reused", "refs_made",
@@ -381,7 +382,7 @@ def gc(output, input_, apply_) -> None:
 
     try:
         stale = G.find_stale(output, input_)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - any failure: one line on stderr and exit 1 (_fail)
         _fail(e)
     for uri in stale.sources[:50]:
         click.echo(f"  vanished {redact(uri)}")
@@ -451,7 +452,7 @@ def evaluate(hr, output, methods, ref_modes, db, table, lr_dir, pairs, encoders,
                             crop_border=crop_border, weights=weights, shard_size=shard_size, workers=workers,
                             gpus_per_worker=gpus_per_worker, worker_resources=_resources(worker_resources),
                             ray_address=ray_address, report_examples=examples, show_progress=True)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - any failure: one line on stderr and exit 1 (_fail)
         _fail(e)
     click.echo("\nTable 1\n" + res["table1"])
     if res["table5"]:
@@ -475,7 +476,7 @@ def metrics_cmd(pred_dir, gt_dir, out, metric_names, crop_border, as_json) -> No
     try:
         res = score_folder(pred_dir, gt_dir, out=out, metric_names=_csv(metric_names), crop_border=crop_border,
                            show_progress=not as_json)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - any failure: one line on stderr and exit 1 (_fail)
         _fail(e)
     if as_json:
         click.echo(json.dumps(res["means"]))
@@ -516,7 +517,7 @@ def dataset_build(src, out, train, test, crop, top_k, self_pairs, self_crop, see
         s = build_dataset(src, out, train=train, test=test, crop=crop, top_k=top_k, seed=seed,
                           self_pairs_per_image=self_pairs, self_crop=self_crop, encoder=encoder,
                           ray_address=ray_address, show_progress=True)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - any failure: one line on stderr and exit 1 (_fail)
         _fail(e)
     for err in s.get("errors", []):
         click.echo(f"  skipped {err['uri']}: {err['error']}", err=True)
@@ -569,7 +570,7 @@ def train(dataset_dir, out, sd_base, osediff_weights, init_branch, steps, batch_
                          precision=precision, seed=seed, checkpoint_every=checkpoint_every, loss_weights=weights,
                          vgg_weights=vgg_weights, dino_weights=dino_weights, engine=engine, workers=workers,
                          use_gpu=use_gpu, ray_address=ray_address)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - any failure: one line on stderr and exit 1 (_fail)
         _fail(e)
     if s.get("losses"):
         for name, st in s["losses"]["status"].items():

@@ -114,7 +114,7 @@ def results_page(output: str, run_id: str) -> str | None:
     could not be written (a warning: the page is a view of finished work, never a reason to fail it)."""
     try:
         return runreport.write_report(output, first_run=run_id)["report"]
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - the page is a view of finished work, never a failure
         get_run_logger().warning(f"results page not written: {storage.redact(f'{e.__class__.__name__}: {e}')}")
         return None
 

@@ -318,7 +318,7 @@ class EnhanceWorker:
             return None
         try:
             data = storage.read_bytes(item.uri)
-        except Exception as e:
+        except Exception as e:  # a file's own problem becomes its row's reason
             if not storage.is_about_the_file(e):
                 raise  # the store is unavailable: fail the batch (its shard is redone), record no verdict
             row.update(status="error", error=f"cannot read: {storage.redact(e)}", processed_at=_now())
@@ -386,7 +386,7 @@ class EnhanceWorker:
                 for (row, _), lr, ref, prompt in zip(batch, lrs, refs, prompts):
                     try:
                         outs.append(self.restorer.restore([lr], [ref], [prompt])[0])
-                    except Exception as e:  # noqa: BLE001
+                    except Exception as e:  # noqa: BLE001 - the input the generator fails on gets the reason
                         row.update(status="error", error=f"generator failed: {e.__class__.__name__}: {e}")
                         outs.append(None)
         t_restore = (time.perf_counter() - t0) * 1e3

@@ -284,7 +284,7 @@ class EvalWorker:
                     if self.cfg.save_images:
                         row["sr_uri"] = storage.join(out, "images", method, mode.replace(":", "-"), rel + ".png")
                         storage.write_bytes(row["sr_uri"], _png(sr))
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:  # noqa: BLE001 - one method failing on one image is a row with the reason
                     row.update(status="error", error=f"{e.__class__.__name__}: {storage.redact(str(e))}")
             row["processed_at"] = dt.datetime.now(dt.timezone.utc)
             rows.append(row)

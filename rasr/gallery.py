@@ -526,7 +526,8 @@ def table_encoder(db_uri: str, name: str = DEFAULT_TABLE) -> str | None:
 
     if not storage.is_remote(db_uri) and not storage.exists(db_uri):
         return None
-    found = [e for e in ENCODERS if table_name(name, e) in set(list_tables(db_uri))]
+    names = set(list_tables(db_uri))
+    found = [e for e in ENCODERS if table_name(name, e) in names]
     return found[0] if len(found) == 1 else None
 
 

@@ -77,7 +77,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageError("not a recognised image format (the content is not an image)") from None
-    except Exception as e:  # noqa: BLE001 - a broken EXIF block must not cost the photo
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for broken headers
         raise ImageError(f"cannot open image: {e}") from None
     width, height = img.size
     if width * height > max_pixels:
@@ -96,7 +96,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
             img.load()
     except OSError as e:
         raise ImageError(f"corrupt or truncated image data: {e}") from None
-    except Exception as e:  # noqa: BLE001 - a broken EXIF block must not cost the photo
+    except Exception as e:  # noqa: BLE001 - decoders raise many types for broken data: one ImageError
         raise ImageError(f"cannot decode image: {e}") from None
     try:
         with warnings.catch_warnings():
@@ -137,7 +137,7 @@ def jpeg_quality(data: bytes) -> int | None:
     try:
         img = Image.open(io.BytesIO(data))
         tables = getattr(img, "quantization", None) if img.format == "JPEG" else None
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - an estimate only: unreadable tables mean "unknown"
         return None
     if not tables or 0 not in tables:
         return None

@@ -90,7 +90,7 @@ REQUIRED_FILES: dict[str, tuple[WeightFile, ...]] = {
                            f"{_CLIP_RN50_SHA256}/RN50.pt", sha256=_CLIP_RN50_SHA256),),
     "fid": (WeightFile("pt_inception-2015-12-05-6726825d.pth", "pyiqa",
                        _HF + "pt_inception-2015-12-05-6726825d.pth"),),
-    "niqe": (),  # its prior is looked up by _niqe_prior_path
+    "niqe": (),  # its prior is looked up by _niqe_prior
 }
 # pyiqa's own NIQE file; used when present, else our prior from basicsr's sdist.
 PYIQA_NIQE_FILE = WeightFile("niqe_modelparameters.mat", "pyiqa", _HF + "niqe_modelparameters.mat")
@@ -131,7 +131,7 @@ def check(name: str) -> str:
     if not pyiqa_installed():
         return PYIQA_MISSING
     if name == "niqe":
-        return OK if _niqe_prior_path() else _niqe_missing_reason()
+        return _niqe_prior()[1]
     missing = [f for f in REQUIRED_FILES[name] if not _file_ok(f)]
     return _missing_reason(missing) if missing else OK
 
@@ -178,10 +178,10 @@ class MetricSuite:
         if name in ("psnr", "ssim"):
             options["crop_border"] = self.crop_border
         if name == "niqe":
-            options["pretrained_model_path"] = _niqe_prior_path()
+            options["pretrained_model_path"] = _niqe_prior()[0]
         try:
             self.metrics[name] = _create_metric(name, self.device, **options)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - an unusable metric is reported, never fatal
             self.status[name] = f"unavailable: pyiqa could not build {name}: {e.__class__.__name__}: {e}"
 
     @property
@@ -262,22 +262,14 @@ def _missing_reason(missing: list[WeightFile]) -> str:
     return "unavailable: " + "; ".join(parts) + " - folders follow $TORCH_HOME/hub"
 
 
-def _niqe_prior_path() -> str | None:
-    """The packaged prior (as the .mat pyiqa reads), else pyiqa's own NIQE file if someone put it in
-    pyiqa's folder."""
+def _niqe_prior() -> tuple[str | None, str]:
+    """(path, "ok") of the packaged prior (as the .mat pyiqa reads), else of pyiqa's own NIQE file if
+    someone put it in pyiqa's folder; else (None, "unavailable: <why>")."""
     try:
-        return str(niqe_prior.prior_file())
-    except (niqe_prior.NiqePriorUnavailable, OSError):
-        theirs = os.path.join(folder_path("pyiqa"), PYIQA_NIQE_FILE.name)
-        return theirs if os.path.isfile(theirs) else None
-
-
-def _niqe_missing_reason() -> str:
-    try:
-        niqe_prior.prior_file()
+        return str(niqe_prior.prior_file()), OK
     except (niqe_prior.NiqePriorUnavailable, OSError) as e:
-        return f"unavailable: NIQE prior: {e}"
-    return OK
+        theirs = os.path.join(folder_path("pyiqa"), PYIQA_NIQE_FILE.name)
+        return (theirs, OK) if os.path.isfile(theirs) else (None, f"unavailable: NIQE prior: {e}")
 
 
 def _create_metric(name: str, device: torch.device, **options) -> torch.nn.Module:
@@ -296,7 +288,7 @@ def _refuse_pickled_objects(name: str) -> None:
         path = os.path.join(folder_path(f.folder), f.name)
         try:
             torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - any refusal means the file holds more than tensors
             raise ValueError(f"{path} does not load with weights_only=True ({e.__class__.__name__}): it "
                              f"holds Python objects, which we never unpickle; replace it with the file "
                              f"from {f.url}") from None

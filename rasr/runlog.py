@@ -28,13 +28,27 @@ def write_run(out: str, summary: dict) -> str:
     return uri
 
 
-def read_runs(out: str) -> pa.Table:
-    """Every run summary under <out>/runs, oldest first."""
+def _run_tables(out: str, last: int | None = None) -> tuple[list[pa.Table], int]:
+    """The run summary tables under <out>/runs, oldest first (run ids sort by start time), only the
+    `last` ones when given, and how many runs there are in all."""
     fs, base = storage.filesystem(storage.join(out, RUNS_DIR))
-    if not fs.exists(base):
-        return pa.table({})
+    files = sorted(p for p in fs.find(base) if p.endswith(".parquet")) if fs.exists(base) else []
     tables = []
-    for path in sorted(p for p in fs.find(base) if p.endswith(".parquet")):
+    for path in files[-last:] if last else files:
         with fs.open(path, "rb") as f:
             tables.append(pq.read_table(f))
+    return tables, len(files)
+
+
+def read_runs(out: str) -> pa.Table:
+    """Every run summary under <out>/runs, oldest first."""
+    tables, _ = _run_tables(out)
     return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
+
+
+def latest_runs(out: str, n: int = 10) -> tuple[list[dict], int]:
+    """The newest `n` run summaries as dicts (each with its own fields), newest first, and how many
+    runs there are (years of nightly runs are not all read)."""
+    tables, total = _run_tables(out, n)
+    runs = [row for t in tables for row in t.to_pylist()]
+    return sorted(runs, key=lambda r: str(r.get("finished_at") or r.get("run_id")), reverse=True), total

@@ -31,10 +31,9 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
 import numpy as np
-import pyarrow.parquet as pq
 from PIL import Image, features
 
-from rasr import catalog, images, manifest, pages, storage
+from rasr import catalog, images, manifest, pages, runlog, storage
 from rasr.pages import esc
 from rasr.runreport_page import APP_JS, PAGE_CSS, TEMPLATE
 
@@ -250,18 +249,6 @@ def row_html(r: dict, i: int, thumbs: dict, out: str, new: bool) -> str:
 
 # ---- summary --------------------------------------------------------------------------------------
 
-def _runs(out: str, n: int = 10) -> tuple[list[dict], int]:
-    """The newest `n` run summaries, newest first, and how many there are (run ids sort by start time:
-    years of nightly runs are not all read)."""
-    fs, base = storage.filesystem(storage.join(out, catalog.RUNS_DIR))
-    files = sorted(p for p in fs.find(base) if p.endswith(".parquet")) if fs.exists(base) else []
-    runs = []
-    for path in files[-n:]:
-        with fs.open(path, "rb") as f:
-            runs += pq.read_table(f).to_pylist()
-    return sorted(runs, key=lambda r: str(r.get("finished_at") or r.get("run_id")), reverse=True), len(files)
-
-
 def _fmt(v) -> str:
     if isinstance(v, dt.datetime):
         return f"{v:%Y-%m-%d %H:%M:%S} UTC"
@@ -343,7 +330,7 @@ def write_report(out: str, first_run: str | None = None, page_size: int = PAGE_S
     if not storage.exists(storage.join(out, catalog.MANIFEST_DIR)):
         raise FileNotFoundError(f"no manifest under {storage.redact(out)}: give the OUTPUT of `rasr enhance`")
     table = manifest.read_manifest(out)
-    runs, n_runs = _runs(out)
+    runs, n_runs = runlog.latest_runs(out)
     first_run = first_run or (runs[0].get("run_id") if runs else None)
     rows = _order(table.to_pylist(), first_run)
     thumbs = make_thumbnails(out, rows, workers)

@@ -58,7 +58,7 @@ class PoolSpec:
             value = json.loads(text)
             assert isinstance(value, dict)
             return {str(k): float(v) for k, v in value.items()}
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - any parse or type failure: one message with the expected shape
             raise ValueError(f'--worker-resources must be a JSON object like {{"gpu_worker": 1}}, got {text!r}') from None
 
 
