@@ -173,6 +173,8 @@ def index(ctx, gallery, db, encoder, encoder_weights, table, shard_size, batch_s
         click.echo(f"  near duplicate {e['uri']} ~ {e['of']} ({e['similarity']})")
     for e in h["low_quality"][:20]:
         click.echo(f"  low quality {e['uri']}: {e['reason']}")
+    if summary.get("upgrade_hint"):
+        click.echo(f"note: {summary['upgrade_hint']}", err=True)
     _print_summary("index summary", summary, ["table", "files", "embedded", "deleted", "unchanged", "failed",
                                               "excluded_small", "duplicates", "near_duplicates", "low_quality",
                                               "rows", "versions", "ann_index", "seconds", "db"])

@@ -86,7 +86,7 @@ def index_gallery(gallery: str, db: str, encoder: str | None = None, encoder_wei
         "files": len(listing), "embedded": embedded, "deleted": len(plan.to_delete), "unchanged": plan.unchanged,
         "failed": len(errors), "rows": maint["rows"], "versions": versions,
         "ann_index": maint.get("index") or "none (exact search)",
-        "preprocessing": g.preprocessing, "views": g.views, "excluded_small": len(excluded),
+        "preprocessing": g.preprocessing, "views": g.views, "upgrade_hint": g.upgrade_hint, "excluded_small": len(excluded),
         **{k: len(v) for k, v in report.items()}, "hygiene": {**report, "excluded_small": excluded},
         "seconds": round(time.perf_counter() - t0, 2),
     }
