@@ -99,7 +99,8 @@ def per_worker(inputs: str, db: str, out: str, ms: float, overlap: bool, generat
     """Run one EnhanceWorker over every input the way its actor is driven; efficiency and stage means."""
     from flows.enhance import CALL_BATCHES
     from rasr import catalog
-    from rasr.enhance import EnhanceConfig, EnhanceWorker
+    from rasr.enhance import EnhanceWorker
+    from rasr.enhance_run import EnhanceConfig
 
     items = [i for i in catalog.list_inputs(inputs)][:limit]
     cfg = EnhanceConfig(generator=generator or f"{__name__}:SleepGenerator", generator_options={} if generator else {"ms": ms},

@@ -31,6 +31,7 @@ import pyarrow as pa
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from rasr import gallery as G
+from rasr.exact_search import Hit
 
 DIM = 1280  # efficientnet-lite0 / b0 feature size
 CENTRES = 4000
@@ -173,7 +174,7 @@ def old_gallery(db_uri: str, table: str, tmp: str):
     return mod.Gallery.open(db_uri, table)
 
 
-def recall(hits: list[list[G.Hit]], truth: list[list[G.Hit]], k: int = K) -> float:
+def recall(hits: list[list[Hit]], truth: list[list[Hit]], k: int = K) -> float:
     return float(np.mean([len({h.id for h in a[:k]} & {h.id for h in b[:k]}) / k for a, b in zip(hits, truth)]))
 
 

@@ -14,13 +14,15 @@ import datetime as dt
 import time
 from collections import Counter
 
-from flows import _env  # noqa: F401  (telemetry off before Prefect loads)
 from prefect import flow, get_run_logger
 
-from flows._common import flow_setup, new_run_id, process_shards, publish_summary
+from flows._setup import flow_setup
+from flows._summary import publish_summary
 from rasr import catalog, images, manifest, runlog, runreport, storage
-from rasr.enhance import EnhanceConfig, check_inputs, plan
+from rasr.enhance_run import EnhanceConfig, check_inputs, plan
 from tasks.actors import EnhanceActor
+from tasks.cluster import Cluster
+from tasks.shards import process_shards
 
 # inputs per actor call = this many model batches: enough for the worker's pipeline to fill and run
 # steady (its drain at the end of a call overlaps the next call), small enough for timely progress
@@ -28,49 +30,35 @@ CALL_BATCHES = 8
 
 
 @flow(name="enhance-archive")
-def enhance_archive(input: str, output: str, db: str | None = None, table: str | None = None,
-                    generator: str = "realesrgan", generator_weights: str | None = None,
-                    generator_options: dict | None = None, top_k: int = 1, min_similarity: float = 0.0,
-                    category_filter: bool = False, tile: int = 256, overlap: int = 32, color_fix: str = "none",
-                    output_format: str = "png", png_level: int = images.DEFAULT_PNG_LEVEL,
-                    quality: int = images.DEFAULT_QUALITY, max_pixels: int = images.DEFAULT_MAX_PIXELS, dtype: str = "fp32",
-                    tagger: str = "category", encoder_weights: str | None = None, shard_size: int = 64,
-                    batch_size: int = 4, workers: int | None = None, gpus_per_worker: float | None = None,
-                    worker_resources: dict | None = None, ray_address: str | None = None,
-                    max_inflight_shards: int | None = None, since: float | None = None,
-                    follow_symlinks: bool = False, show_progress: bool = False) -> dict:
+def enhance_archive(input: str, output: str, config: EnhanceConfig | None = None, cluster: Cluster | None = None,
+                    since: float | None = None, max_inflight_shards: int | None = None,
+                    show_progress: bool = False) -> dict:
     """Enhance every new input under `input` into `output` (local folder or s3:// prefix).
 
+    config: what to produce and how (rasr.enhance_run.EnhanceConfig); cluster: where the actors run.
     since: only inputs modified at or after this epoch time are considered (the nightly watermark)."""
     flow_setup()
     log = get_run_logger()
     t0 = time.perf_counter()
     started = dt.datetime.now(dt.timezone.utc)
-    run_id = new_run_id()
-    cfg = EnhanceConfig(generator=generator, generator_weights=generator_weights,
-                        generator_options=generator_options or {}, db=db, table=table,
-                        encoder_weights=encoder_weights, top_k=top_k, min_similarity=min_similarity,
-                        category_filter=category_filter, tile=tile, overlap=overlap, color_fix=color_fix,
-                        output_format=output_format, png_level=png_level, quality=quality, max_pixels=max_pixels,
-                        dtype=dtype, tagger=tagger,
-                        batch_size=batch_size)
-    check_inputs(cfg, input, output, shard_size)
+    run_id = runlog.new_run_id()
+    cfg = config or EnhanceConfig()
+    check_inputs(cfg, input, output)
     cfg_hash = cfg.hash()
-    work = plan(cfg, input, output, shard_size, since, follow_symlinks)
+    work = plan(cfg, input, output, since)
     items, shards, todo = work.items, work.shards, work.todo
     log.info(f"{len(items)} inputs, {len(items) - todo} already done, {todo} to enhance in {len(shards)} shards")
 
     results, failures, placement = process_shards(
         EnhanceActor, vars(cfg), shards, output, run_id, cfg_hash, {catalog.MANIFEST_DIR: manifest.SCHEMA},
-        CALL_BATCHES * batch_size, "enhancing", show_progress, max_inflight=max_inflight_shards, workers=workers,
-        gpus_per_worker=gpus_per_worker, resources=worker_resources, address=ray_address)
+        CALL_BATCHES * cfg.batch_size, "enhancing", show_progress, cluster, max_inflight=max_inflight_shards)
 
     counts = Counter()
     for r in results:
         counts.update({k: r[k] for k in manifest.STATUSES})
     summary = {
         "run_id": run_id, "input": storage.redact(input), "output": storage.redact(output),
-        "generator": generator, "config_hash": cfg_hash, "listed": work.listed, "inputs": len(items),
+        "generator": cfg.generator, "config_hash": cfg_hash, "listed": work.listed, "inputs": len(items),
         "already_done": len(items) - todo,
         "processed": sum(r["n"] for r in results), "ok": counts["ok"], "failed": counts["error"],
         "skipped": counts["skipped"], "shards": len(shards), "shards_failed": sum(not f.get("stopped") for f in failures),

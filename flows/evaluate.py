@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import time
 
-from flows import _env  # noqa: F401  (telemetry off before Prefect loads)
 import pyarrow as pa
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows._common import flow_setup, new_run_id, process_shards, publish_summary
+from flows._setup import flow_setup
+from flows._summary import publish_summary
 from rasr import catalog, evalsets, manifest, metrics, report, runlog, storage
 from rasr.evaluate import EVAL_SCHEMA, REF_MODES, RETRIEVAL_DIR, RETRIEVAL_SCHEMA, EvalConfig
 from tasks.actors import EvalActor
+from tasks.cluster import Cluster
+from tasks.shards import process_shards
 
 
 
@@ -27,14 +29,13 @@ def evaluate(hr: str, out: str, methods: list[str] = ("bicubic", "realesrgan"), 
              encoders: list[str] = (), table5_method: str | None = None, baseline: str | None = "bicubic",
              seed: int = 0, crop: int = 0, metric_names: list[str] = tuple(metrics.METRICS), crop_border: int = 0,
              weights: dict | None = None, generator_options: dict | None = None, tile: int = 256,
-             color_fix: str = "none", dtype: str = "fp32", shard_size: int = 32, workers: int | None = None,
-             gpus_per_worker: float | None = None, worker_resources: dict | None = None,
-             ray_address: str | None = None, report_examples: int = 3, show_progress: bool = False) -> dict:
+             color_fix: str = "none", dtype: str = "fp32", shard_size: int = 32, cluster: Cluster | None = None,
+             report_examples: int = 3, show_progress: bool = False) -> dict:
     """Evaluate `methods` on the HR test set `hr` into `out`; returns the summary and table texts."""
     flow_setup()
     log = get_run_logger()
     t0 = time.perf_counter()
-    run_id = new_run_id()
+    run_id = runlog.new_run_id()
     for mode in ref_modes:
         if mode not in REF_MODES:
             raise ValueError(f"unknown reference mode {mode!r}: choose from {', '.join(REF_MODES)}")
@@ -57,8 +58,7 @@ def evaluate(hr: str, out: str, methods: list[str] = ("bicubic", "realesrgan"), 
     log.info(f"{len(items)} test images, {len(items) - todo} already evaluated, {todo} to go in {len(shards)} shards")
     schemas = {catalog.MANIFEST_DIR: EVAL_SCHEMA, RETRIEVAL_DIR: RETRIEVAL_SCHEMA}
     results, failures, _ = process_shards(
-        EvalActor, vars(cfg), shards, out, run_id, cfg_hash, schemas, 1, "evaluating", show_progress,
-        workers=workers, gpus_per_worker=gpus_per_worker, resources=worker_resources, address=ray_address)
+        EvalActor, vars(cfg), shards, out, run_id, cfg_hash, schemas, 1, "evaluating", show_progress, cluster)
 
     # summaries over everything evaluated under this config (this run and earlier, resumed ones)
     rows = manifest.read_table(out, catalog.MANIFEST_DIR, EVAL_SCHEMA).to_pandas()

@@ -10,34 +10,33 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-from flows import _env  # noqa: F401  (telemetry off before Prefect loads)
 from prefect import flow, get_run_logger
 
-from rasr import catalog, storage
+from flows._setup import flow_setup
+from flows._summary import publish_summary
+from rasr import catalog, options, storage
 from rasr.encoders import DEFAULT_ENCODER, load_encoder
-from rasr.gallery import DEFAULT_TABLE, Gallery, table_encoder
-from rasr.images import DEFAULT_MAX_PIXELS
-from rasr.indexer import NEAR_DUPLICATE, hygiene, plan_index
-from flows._common import flow_setup, publish_summary
+from rasr.gallery import Gallery, table_encoder
+from rasr.indexer import IndexConfig, hygiene, plan_index
+from rasr.locks import gallery_lock
 from tasks import progress
 from tasks.actors import EmbedActor, actor_pool
+from tasks.cluster import Cluster
 from tasks.index import as_dicts, embed_shard
-from rasr.locks import gallery_lock
 
 
 @flow(name="index-gallery")
-def index_gallery(gallery: str, db: str, encoder: str | None = None, encoder_weights: str | None = None,
-                  table: str = DEFAULT_TABLE, shard_size: int = 256, batch_size: int = 32,
-                  workers: int | None = None, gpus_per_worker: float | None = None,
-                  worker_resources: dict | None = None, ray_address: str | None = None,
-                  max_pixels: int = DEFAULT_MAX_PIXELS, compact: bool = True, keep_versions_minutes: float = 10.0,
-                  min_ref_side: int = 32, near_duplicate: float = NEAR_DUPLICATE, show_progress: bool = False) -> dict:
+def index_gallery(gallery: str, db: str, config: IndexConfig | None = None, cluster: Cluster | None = None,
+                  show_progress: bool = False) -> dict:
     """Embed a gallery folder or s3:// prefix into a LanceDB table; only new/changed files are embedded.
 
-    `encoder` None: the encoder of the gallery's existing table in `db`, else DEFAULT_ENCODER."""
+    config.encoder None: the encoder of the gallery's existing table in `db`, else DEFAULT_ENCODER."""
     flow_setup()
     log = get_run_logger()
-    encoder = encoder or table_encoder(db, table) or DEFAULT_ENCODER
+    cfg = config or IndexConfig()
+    options.check(cfg)
+    table, encoder_weights, batch_size, shard_size = cfg.table, cfg.encoder_weights, cfg.batch_size, cfg.shard_size
+    encoder = cfg.encoder or table_encoder(db, table) or DEFAULT_ENCODER
     t0 = time.perf_counter()
     listing = catalog.list_inputs(gallery)
     with gallery_lock(db, table):
@@ -58,10 +57,9 @@ def index_gallery(gallery: str, db: str, encoder: str | None = None, encoder_wei
             key = f"index-{g.name}"
             progress.start(key, len(plan.to_embed), "embedding", show_progress)
             try:
-                with actor_pool(EmbedActor, encoder, encoder_weights, max_pixels, batch_size=batch_size,
-                                preprocessing=g.preprocessing, views=g.views, min_side=min_ref_side,
-                                workers=workers, gpus_per_worker=gpus_per_worker, resources=worker_resources,
-                                address=ray_address) as pool:
+                with actor_pool(EmbedActor, encoder, encoder_weights, cfg.max_pixels, batch_size=batch_size,
+                                preprocessing=g.preprocessing, views=g.views, min_side=cfg.min_ref_side,
+                                cluster=cluster) as pool:
                     shards = [plan.to_embed[i:i + shard_size] for i in range(0, len(plan.to_embed), shard_size)]
                     futures = [embed_shard.submit(as_dicts(s), pool, batch_size, key) for s in shards]
                     for fut in futures:  # upsert as shards finish: a crash keeps what is already written
@@ -77,8 +75,8 @@ def index_gallery(gallery: str, db: str, encoder: str | None = None, encoder_wei
         indexed = g.files() if errors or excluded else {}
         stale = plan.to_delete + [e["uri"] for e in errors + excluded if e["uri"] in indexed]
         deleted = g.delete_uris(stale) if stale else 0
-        report = hygiene(g, new_rows, near_duplicate)
-        maint = (g.maintain(compact=compact, keep_versions_for=dt.timedelta(minutes=keep_versions_minutes))
+        report = hygiene(g, new_rows, cfg.near_duplicate)
+        maint = (g.maintain(compact=cfg.compact, keep_versions_for=dt.timedelta(minutes=cfg.keep_versions_minutes))
                  if (embedded or deleted) else {"rows": g.count(), "index": None})
         versions = len(g.table.list_versions())
     summary = {

@@ -14,13 +14,13 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-from flows import _env  # noqa: F401  (telemetry off before Prefect loads)
 from prefect import flow, get_run_logger
 
-from flows._common import flow_setup
-
+from flows._setup import flow_setup
 from flows.enhance import enhance_archive
 from rasr import gc, storage
+from rasr.enhance_run import EnhanceConfig
+from tasks.cluster import Cluster
 
 WATERMARK = "_state/watermark.json"
 
@@ -31,11 +31,8 @@ def read_watermark(output: str) -> dict | None:
 
 
 @flow(name="nightly-enhance")
-def nightly_enhance(input: str, output: str, db: str | None = None, generator: str = "realesrgan",
-                    generator_weights: str | None = None, generator_options: dict | None = None,
-                    min_similarity: float = 0.0, top_k: int = 1, shard_size: int = 64, workers: int | None = None,
-                    gpus_per_worker: float | None = None, worker_resources: dict | None = None,
-                    ray_address: str | None = None, grace_seconds: float = 3600.0) -> dict:
+def nightly_enhance(input: str, output: str, config: EnhanceConfig | None = None, cluster: Cluster | None = None,
+                    grace_seconds: float = 3600.0) -> dict:
     """Enhance the inputs that are new since the watermark, then move the watermark forward."""
     flow_setup()
     log = get_run_logger()
@@ -44,10 +41,7 @@ def nightly_enhance(input: str, output: str, db: str | None = None, generator: s
     since = None if wm is None else wm["listed_at"] - grace_seconds
     log.info("first run: every input" if wm is None else
              f"inputs modified since {dt.datetime.fromtimestamp(since, dt.timezone.utc).isoformat()}")
-    summary = enhance_archive(input, output, db=db, generator=generator, generator_weights=generator_weights,
-                              generator_options=generator_options, min_similarity=min_similarity, top_k=top_k,
-                              shard_size=shard_size, workers=workers, gpus_per_worker=gpus_per_worker,
-                              worker_resources=worker_resources, ray_address=ray_address, since=since)
+    summary = enhance_archive(input, output, config, cluster, since=since)
     vanished = gc.find_stale(output, input)
     summary["vanished_inputs"] = len(vanished.sources)
     if vanished.sources:

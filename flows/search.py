@@ -8,25 +8,27 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 
-from flows import _env  # noqa: F401  (telemetry off before Prefect loads)
 from prefect import flow
 
-from flows._common import flow_setup, publish_summary
-from rasr import catalog, search, storage
+from flows._setup import flow_setup
+from flows._summary import publish_summary
+from rasr import catalog, options, search, storage
+from rasr.search import SearchConfig
 from tasks import progress
 from tasks.actors import SearchActor, actor_pool
+from tasks.cluster import Cluster
 from tasks.runtime import ray
 
 CHUNK = 64  # queries per actor call
 
 
 @flow(name="search-batch")
-def search_batch(queries: list[str], db: str, out: str | None = None, table: str | None = None, k: int = 5,
-                 category: str | None = None, encoder_weights: str | None = None, workers: int | None = None,
-                 gpus_per_worker: float | None = None, worker_resources: dict | None = None,
-                 ray_address: str | None = None, show_progress: bool = False) -> dict:
+def search_batch(queries: list[str], db: str, out: str | None = None, config: SearchConfig | None = None,
+                 cluster: Cluster | None = None, show_progress: bool = False) -> dict:
     """Search every query image (files, folders or s3:// prefixes); write the rows to `out` if given."""
     flow_setup()
+    cfg = config or SearchConfig()
+    options.check(cfg)
     t0 = time.perf_counter()
     items = [it for q in queries for it in catalog.list_inputs(q)]
     rows: list[dict] = []
@@ -35,9 +37,8 @@ def search_batch(queries: list[str], db: str, out: str | None = None, table: str
         key = f"search-{id(items)}"
         progress.start(key, len(items), "searching", show_progress)
         try:
-            with actor_pool(SearchActor, db, table, encoder_weights, workers=workers, gpus_per_worker=gpus_per_worker,
-                            resources=worker_resources, address=ray_address) as pool:
-                refs = [pool.next().search.remote([asdict(i) for i in c], k, category) for c in chunks]
+            with actor_pool(SearchActor, db, cfg.table, cfg.encoder_weights, cluster=cluster) as pool:
+                refs = [pool.next().search.remote([asdict(i) for i in c], cfg.k, cfg.category) for c in chunks]
                 results = {}
                 pending = dict(zip(refs, range(len(refs))))
                 while pending:
@@ -52,7 +53,7 @@ def search_batch(queries: list[str], db: str, out: str | None = None, table: str
         search.write_rows(out, rows)
     summary = {"queries": len(rows), "ok": sum(r["status"] == "ok" for r in rows),
                "failed": sum(r["status"] == "error" for r in rows), "skipped": sum(r["status"] == "skipped" for r in rows),
-               "k": k, "db": storage.redact(db), "out": storage.redact(out) if out else None,
+               "k": cfg.k, "db": storage.redact(db), "out": storage.redact(out) if out else None,
                "seconds": round(time.perf_counter() - t0, 2)}
     publish_summary("search-summary", summary, errors=[{"uri": r["query_uri"], "error": r["error"]}
                                                        for r in rows if r["status"] == "error"],

@@ -13,10 +13,10 @@ import os
 import time
 from dataclasses import asdict
 
-from flows import _env  # noqa: F401  (telemetry off before Prefect loads)
 from prefect import flow, get_run_logger
 
-from flows._common import flow_setup, publish_summary
+from flows._setup import flow_setup
+from flows._summary import publish_summary
 from rasr import storage
 from rasr.losses import LossWeights
 from rasr.train import TrainConfig, Trainer, latest_checkpoint

@@ -15,6 +15,8 @@ Output layout under OUT:
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -22,7 +24,8 @@ import pyarrow as pa
 
 from rasr import catalog, images, storage
 from rasr.catalog import Item
-from rasr.encoder_names import DEFAULT_ENCODER
+from rasr.encoder_names import DEFAULT_ENCODER, ENCODERS
+from rasr.options import STRICT, option
 
 DATASET_SCHEMA = pa.schema([
     pa.field("split", pa.string()),          # train | test
@@ -40,14 +43,17 @@ DATASET_SCHEMA = pa.schema([
 class DatasetConfig:
     """Defaults: RASR-Flickr30 (40 train / 5 test / the rest as the reference database, 768 crops)."""
 
-    train: int = 40
-    test: int = 5
-    crop: int = 768
-    top_k: int = 5
-    seed: int = 0
-    self_crop: int = 512
-    self_pairs_per_image: int = 0     # self-reference pairs drawn from each training image
-    encoder: str = DEFAULT_ENCODER
+    __pydantic_config__ = STRICT
+
+    train: int = option(40, "Training images per category.", low=0)
+    test: int = option(5, "Test images per category (the rest: reference DB).", low=0)
+    crop: int = option(768, "HR crop size of train/test images.", low=64)
+    top_k: int = option(5, "References kept per training image.", low=1)
+    seed: int = option(0, "Seed of the split and of the self-pair crops.")
+    self_crop: int = option(512, "Crop size of the self-reference pairs.", low=64)
+    self_pairs_per_image: int = option(0, "Self-reference pairs (two random crops of one image) per training image.",
+                                       flags=("--self-pairs",), low=0)
+    encoder: str = option(DEFAULT_ENCODER, "Retrieval encoder of the reference DB.", choices=tuple(ENCODERS))
 
     def hash(self) -> str:
         return catalog.config_hash(asdict(self))
@@ -98,3 +104,43 @@ def stable_digest(*parts) -> bytes:
 def stable_seed(*parts) -> int:
     """A 32-bit seed derived from the parts (e.g. run seed, relative path, index): no RNG state to keep."""
     return int.from_bytes(stable_digest(*parts)[:4], "little")
+
+
+def samples(splits: dict[str, dict[str, list[Item]]], cfg: DatasetConfig, out: str,
+            retrieve: Callable[[np.ndarray, str], tuple[list[str], list[float]]]) -> tuple[list[dict], list[dict]]:
+    """Write the HR crops of every train/test image (and its self-reference pairs) under `out`; returns
+    (dataset rows, skipped sources). retrieve(gt, category) -> (reference uris, similarities) of a
+    training GT; a source that cannot be decoded or cropped is skipped with its reason."""
+    rows, skipped = [], []
+    for cat, sp in splits.items():
+        for split in ("train", "test"):
+            for it in sp[split]:
+                try:
+                    rgb = images.decode_image(storage.read_bytes(it.uri)).rgb
+                    gt, box = center_crop(rgb, cfg.crop)
+                except Exception as e:  # noqa: BLE001 - a bad source image is reported, not fatal
+                    skipped.append({"uri": it.uri, "error": storage.redact(str(e))})
+                    continue
+                gt_uri = storage.join(out, split, os.path.splitext(it.relpath)[0] + ".png")
+                write_png(gt_uri, gt)
+                refs, sims = retrieve(gt, cat) if split == "train" else ([], [])
+                rows.append({"split": split, "kind": "retrieval", "category": cat, "gt_uri": gt_uri,
+                             "source_uri": it.uri, "crop_box": box, "ref_uris": refs, "ref_similarities": sims})
+                if split == "train":
+                    rows += self_pairs(rgb, it, cat, cfg, out)
+    return rows, skipped
+
+
+def self_pairs(rgb: np.ndarray, it: Item, category: str, cfg: DatasetConfig, out: str) -> list[dict]:
+    """The paper's self-reference pairs: two random crops of one training image (GT, reference)."""
+    rows = []
+    stem = os.path.splitext(it.relpath)[0].replace("/", "__")
+    for j in range(cfg.self_pairs_per_image):
+        (a, box_a), (b, _) = random_crops(rgb, cfg.self_crop, stable_seed(cfg.seed, it.relpath, j))
+        a_uri = storage.join(out, "self", f"{stem}_{j}_a.png")
+        b_uri = storage.join(out, "self", f"{stem}_{j}_b.png")
+        write_png(a_uri, a)
+        write_png(b_uri, b)
+        rows.append({"split": "train", "kind": "self", "category": category, "gt_uri": a_uri,
+                     "source_uri": it.uri, "crop_box": box_a, "ref_uris": [b_uri], "ref_similarities": [float("nan")]})
+    return rows

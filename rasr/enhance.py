@@ -3,7 +3,7 @@
 `EnhanceWorker` holds the loaded encoder, gallery and generator; the Ray actor in tasks/ is a thin
 shell around it, and a notebook can use it directly:
 
-    w = EnhanceWorker(EnhanceConfig(generator="realesrgan", db="refs.lance"))
+    w = EnhanceWorker(EnhanceConfig(generator="realesrgan", db="refs.lance"))   # rasr/enhance_run.py
     rows = w.process(items, out="out/", shard_id="s0", run_id="r0")
 
 Every input yields exactly one manifest row; a bad input yields a row with status "error" and the
@@ -30,162 +30,15 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from rasr import catalog, faults, images, listing, storage
+from rasr import catalog, faults, images, storage
 from rasr.catalog import Item
+from rasr.enhance_run import EnhanceConfig
 from rasr.manifest import empty_row
 
 REF_MAX_SIDE = 1024  # references are resized to the model input anyway; bound their memory
-
-
-@dataclass
-class EnhanceConfig:
-    """Everything that decides what an enhance run produces (hashed into config_hash)."""
-
-    generator: str = "realesrgan"
-    generator_weights: str | None = None
-    generator_options: dict = field(default_factory=dict)   # osediff_weights, refdsr_weights, fusion_scale...
-    db: str | None = None            # gallery LanceDB; None = no retrieval
-    table: str | None = None
-    encoder_weights: str | None = None
-    top_k: int = 1
-    min_similarity: float = 0.0      # below it the generator runs without a reference
-    category_filter: bool = False    # only references of the input's folder category
-    tile: int = 256                  # LR tile size for pixel tiling (0 = off)
-    overlap: int = 32
-    color_fix: str = "none"
-    output_format: str = "png"      # png | jpg | webp | webp-lossless
-    png_level: int = images.DEFAULT_PNG_LEVEL   # zlib level: pixels are identical at every level
-    quality: int = images.DEFAULT_QUALITY       # jpg / lossy webp
-    max_pixels: int = images.DEFAULT_MAX_PIXELS
-    dtype: str = "fp32"
-    tagger: str = "category"
-    device: str | None = None        # not hashed: the same output on any device
-    batch_size: int = 4              # not hashed
-
-    def identity(self) -> dict:
-        d = asdict(self)
-        # png_level never changes pixels; quality only matters for lossy formats (95 was implicit before
-        # it was an option, so leaving it out at 95 keeps earlier runs' hashes and their resume)
-        for k in ("device", "batch_size", "db", "png_level", "quality"):
-            d.pop(k)
-        if images.is_lossy(self.output_format) and self.quality != images.DEFAULT_QUALITY:
-            d["quality"] = self.quality
-        d["db"] = storage.redact(storage.normalise(self.db)) if self.db else None
-        return d
-
-    def encoding(self) -> images.Encoding:
-        return images.Encoding(self.output_format, png_level=self.png_level, quality=self.quality)
-
-    def hash(self) -> str:
-        return catalog.config_hash(self.identity())
-
-
-class UsageError(ValueError):
-    """An argument that cannot work (the CLI exits 2); the message names it and the fix."""
-
-
-def check_inputs(cfg: EnhanceConfig, input: str, output: str, shard_size: int = 64) -> None:
-    """Validate every argument before any engine starts: a mistake is reported in about a second,
-    not after Prefect, Ray and the models have started (or, worse, after the work is done)."""
-    from rasr.colorfix import COLOR_FIXES
-    from rasr.generators import GENERATORS
-
-    if cfg.generator not in GENERATORS and ":" not in cfg.generator:  # module:Class = a custom generator
-        raise UsageError(f"unknown generator {cfg.generator!r}: choose one of {', '.join(GENERATORS)}")
-    if cfg.color_fix not in COLOR_FIXES:
-        raise UsageError(f"unknown colour fix {cfg.color_fix!r}: choose one of {', '.join(COLOR_FIXES)}")
-    try:
-        cfg.encoding()
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    for name, value, low in (("--top-k", cfg.top_k, 1), ("--batch-size", cfg.batch_size, 1),
-                             ("--shard-size", shard_size, 1), ("--tile", cfg.tile, 0),
-                             ("--tile-overlap", cfg.overlap, 0), ("--max-pixels", cfg.max_pixels, 1)):
-        if value < low:
-            raise UsageError(f"{name} must be >= {low}, got {value}")
-    if cfg.tile and cfg.overlap * 2 >= cfg.tile:
-        raise UsageError(f"--tile-overlap {cfg.overlap} must be under half of --tile {cfg.tile}")
-    if not -1.0 <= cfg.min_similarity <= 1.0:
-        raise UsageError(f"--min-similarity is a cosine similarity in [-1, 1], got {cfg.min_similarity}")
-    if cfg.generator == "refdsr" and not cfg.db:
-        raise UsageError("generator 'refdsr' restores with references: pass --db GALLERY_DB (index one with `rasr index`)")
-    _check_locations(input, output)
-    if cfg.db:
-        _check_gallery(cfg.db, cfg.table)
-
-
-def _check_locations(input: str, output: str) -> None:
-    fs, path = storage.filesystem(input)
-    if not fs.exists(path):
-        raise UsageError(f"input {storage.redact(input)} does not exist: check the path or prefix")
-    if storage.is_remote(output):
-        ofs, opath = storage.filesystem(output)
-        if ofs.isfile(opath):
-            raise UsageError(f"output {storage.redact(output)} is a file: give a folder or prefix")
-    else:
-        if os.path.lexists(output) and not os.path.isdir(output):
-            what = "a dangling symlink" if os.path.islink(output) and not os.path.exists(output) else "not a folder"
-            raise UsageError(f"output {output} is {what}: give a folder (it is created if missing)")
-        parent = os.path.dirname(os.path.abspath(output))
-        while not os.path.exists(parent):
-            parent = os.path.dirname(parent)
-        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-            raise UsageError(f"output {output} cannot be created: {parent} is not a writable folder")
-    if storage.is_remote(input) == storage.is_remote(output):
-        # resolved real paths (a symlinked OUTPUT inside INPUT is still inside it), normalised prefixes
-        norm = lambda u: storage.normalise(u).rstrip("/") + "/"  # noqa: E731
-        if norm(output).startswith(norm(input)):
-            raise UsageError(f"output {storage.redact(output)} is inside input {storage.redact(input)}: "
-                             f"outputs would be re-read as inputs")
-
-
-def _check_gallery(db: str, table: str | None) -> None:
-    """The DB exists and holds the table (from its listing: no LanceDB import, nothing created)."""
-    fs, path = storage.filesystem(db)
-    shown = storage.redact(db)
-    if not fs.exists(path):
-        raise UsageError(f"--db {shown} does not exist: index a gallery first (`rasr index GALLERY --db {shown}`)")
-    if fs.isfile(path):
-        raise UsageError(f"--db {shown} is a file, not a LanceDB folder: pass the folder `rasr index` wrote")
-    from rasr.gallery import GalleryError, choose_table  # lancedb itself is imported only on connect
-
-    names = sorted(n[:-len(".lance")] for n in (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
-                   if n.endswith(".lance"))
-    try:
-        choose_table(names, db, table)  # the same choice the workers' Gallery.open will make
-    except GalleryError as e:
-        raise UsageError(str(e)) from None
-
-
-@dataclass
-class Plan:
-    """What a run will do: the inputs listed, those in scope, and shards of the ones not yet done."""
-
-    listed: int
-    items: list[Item]
-    shards: list[catalog.Shard]
-
-    @property
-    def todo(self) -> int:
-        return sum(len(s.items) for s in self.shards)
-
-
-def plan(cfg: EnhanceConfig, input: str, output: str, shard_size: int, since: float | None = None,
-         follow_symlinks: bool = False) -> Plan:
-    """List inputs, drop those finished shards cover (same config, same size and mtime), shard the rest.
-
-    since: only inputs modified at or after this epoch time (the nightly watermark).
-    follow_symlinks: follow symlinks that point outside the input folder (else recorded as skipped)."""
-    items = catalog.list_inputs(input, follow_symlinks)
-    listed = len(items)
-    if since is not None:
-        items = [i for i in items if (listing.mtime_seconds(i.mtime) or float("inf")) >= since]
-    done = catalog.covered(catalog.done_markers(output), cfg.hash())
-    return Plan(listed, items, catalog.plan(items, done, cfg.hash(), shard_size))
 
 
 def sha256(data: bytes) -> str:
@@ -225,7 +78,7 @@ class EnhanceWorker:
         self.encoding = cfg.encoding()
         options = dict(cfg.generator_options)
         if cfg.generator in ("osediff", "refdsr"):
-            options.setdefault("tagger", "null" if cfg.tagger == "none" else cfg.tagger)
+            options.setdefault("tagger", cfg.tagger)
         self.generator = load_generator(cfg.generator, weights=cfg.generator_weights, device=cfg.device,
                                         dtype=cfg.dtype, **options)
         self.gallery = None

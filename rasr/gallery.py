@@ -4,8 +4,8 @@ Rows: id (sha256 of the image bytes), uri, relpath, category, width, height, siz
 vector (fixed-size float32, unit length), added_at. Writes come from one place (the index flow).
 
 Search is batched (one call per batch of queries). Below `ANN_MIN_ROWS` it is exact: the table's vectors
-are loaded once per table version into a torch matrix and one matmul + partial top-k ranks them (~100x
-faster than an unindexed LanceDB scan). Above it `maintain` builds an IVF-SQ index, searched with a
+are loaded once per table version into a matrix and one matmul + partial top-k ranks them (~100x
+faster than an unindexed LanceDB scan; rasr/exact_search.py). Above it `maintain` builds an IVF-SQ index, searched with a
 float32 re-rank so returned similarities are exact. Figures and the choice of thresholds:
 bench/retrieval.py and docs/PERFORMANCE.md.
 """
@@ -16,13 +16,13 @@ import datetime as dt
 import re
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute
 
 from rasr import storage
+from rasr.exact_search import ExactIndex, Hit, TableChanged, as_set, groups
 
 # Exact/ANN crossover in rows, measured by bench/retrieval.py (2 cores, 1280-d): the ANN path answers
 # batches of 256 faster than the exact matmul above ~50k-120k rows (runs differ with machine load) and
@@ -91,18 +91,6 @@ def schema(dim: int, encoder: str, encoder_weights: str = "", preprocessing: str
         metadata={"rasr.encoder": encoder, "rasr.encoder_weights": encoder_weights, "rasr.dim": str(dim),
                   "rasr.preprocessing": preprocessing, "rasr.gallery_views": views},
     )
-
-
-@dataclass(frozen=True)
-class Hit:
-    id: str
-    uri: str
-    category: str
-    similarity: float
-
-    def as_dict(self) -> dict:
-        return {"id": self.id, "uri": self.uri, "category": self.category,
-                "similarity": round(float(self.similarity), 6)}
 
 
 def connect(db_uri: str):
@@ -271,9 +259,12 @@ class Gallery:
         self._indexed = None
         self._meta = None
 
-    def _load_exact(self) -> _Exact:
+    def _load_exact(self) -> ExactIndex:
         if self._exact is None:
-            self._exact = _Exact.load(self.table, self.dim)
+            try:
+                self._exact = ExactIndex.load(self.table, self.dim)
+            except TableChanged as e:
+                raise GalleryError(f"table {self.name}: {e}") from None
             self._matrix = None
         return self._exact
 
@@ -316,7 +307,7 @@ class Gallery:
                                f"for {n} queries")
         else:
             cats = list(category)
-        excl = [_as_set(e) for e in exclude_ids]
+        excl = [as_set(e) for e in exclude_ids]
         if self._rows is None:  # once per table version, not per query
             self._rows = self.table.count_rows()
         if self._rows == 0 or k < 1 or n == 0:
@@ -330,7 +321,7 @@ class Gallery:
 
     def _search_ann(self, queries, k, excl, cats):
         results: list[list[Hit]] = [[] for _ in queries]
-        for cat, qidx in _groups(cats).items():
+        for cat, qidx in groups(cats).items():
             # Excluded ids are dropped after the search, so ask for that many more.
             limit = k + max(len(excl[i]) for i in qidx)
             found = self._ann_query(queries[qidx], limit, cat, ANN_NPROBES)
@@ -387,117 +378,6 @@ class Gallery:
             raise GalleryError(f"table {self.name} changed under an open search: call refresh() and search again")
         t = meta.take(pa.array(pos))
         return t.column("id").to_pylist(), t.column("uri").to_pylist(), t.column("category").to_pylist()
-
-
-class _Exact:
-    """One table version in memory for exact search: a float32 torch matrix with rows grouped by category,
-    so a category filter is a contiguous slice (no mask, and a smaller matmul), and id -> row positions,
-    so exclusions are a few index writes instead of a comparison over all ids."""
-
-    # Similarity rows held at once: bounds the (queries x rows) score matrix to 256 MB.
-    MAX_SCORES = 64 << 20
-
-    def __init__(self, ids: np.ndarray, uris: np.ndarray, cats: np.ndarray, vecs: np.ndarray):
-        """Rows already grouped by category (see load); a missing category groups as ''."""
-        import torch
-
-        self.ids, self.uris, self.cats, self.mat = ids, uris, cats, vecs
-        self.vecs = torch.from_numpy(vecs)  # the same memory, for torch callers
-        self.slices: dict[str, tuple[int, int]] = {}
-        keys = np.asarray([c if c is not None else "" for c in cats], dtype=object)
-        if len(keys):
-            edges = np.flatnonzero(keys[1:] != keys[:-1]) + 1
-            for lo, hi in zip(np.r_[0, edges], np.r_[edges, len(keys)]):
-                self.slices[keys[lo]] = (int(lo), int(hi))
-        self.positions: dict[str, list[int]] = {}
-        for p, i in enumerate(ids):  # an image stored under two uris has two rows with one id
-            self.positions.setdefault(i, []).append(p)
-
-    def head(self, n: int) -> _Exact:
-        """The first n rows as their own (views, no copy); for measuring size effects."""
-        e = object.__new__(_Exact)
-        e.ids, e.uris, e.cats, e.mat, e.vecs = self.ids[:n], self.uris[:n], self.cats[:n], self.mat[:n], self.vecs[:n]
-        e.slices = {c: (lo, min(hi, n)) for c, (lo, hi) in self.slices.items() if lo < n}
-        e.positions = {}
-        return e
-
-    @classmethod
-    def load(cls, table, dim: int) -> _Exact:
-        """Two scans: the small columns first (to order rows by category), then the vectors batch by batch
-        straight into their sorted place in one preallocated array, so loading peaks at ~1x the matrix."""
-        meta = table.search().select(["id", "uri", "category"]).limit(None).to_arrow()
-        n = meta.num_rows
-        cats = np.asarray(meta.column("category").to_pylist(), dtype=object)
-        order = np.argsort(np.asarray([c if c is not None else "" for c in cats], dtype=object),
-                           kind="stable")  # sorted position -> table position
-        dest = np.empty(n, np.int64)
-        dest[order] = np.arange(n)
-        vecs = np.empty((n, dim), np.float32)
-        at = 0
-        for b in table.search().select(["vector"]).limit(None).to_batches(65536):
-            m = b.num_rows
-            if at + m > n:
-                break
-            vecs[dest[at:at + m]] = b.column("vector").flatten().to_numpy(zero_copy_only=False).reshape(m, dim)
-            at += m
-        if at != n:
-            raise GalleryError(f"table changed while loading ({at} vectors read for {n} rows): search again")
-        ids, uris = (np.asarray(meta.column(c).to_pylist(), dtype=object)[order] for c in ("id", "uri"))
-        meta = None
-        pa.default_memory_pool().release_unused()  # the scan buffers: ~50 MB per 100k rows otherwise kept
-        return cls(ids, uris, cats[order], vecs)
-
-    def search(self, queries: np.ndarray, k: int, excl: list[set[str]], cats: list[str | None]) -> list[list[Hit]]:
-        """Exact top-k per query: one matmul per category group, exclusions by position, partial top-k."""
-        import torch
-
-        results: list[list[Hit]] = [[] for _ in queries]
-        for cat, qidx in _groups(cats).items():
-            lo, hi = (0, len(self.ids)) if cat is None else self.slices.get(cat, (0, 0))
-            if hi == lo:
-                continue
-            kk = min(k, hi - lo)
-            step = max(1, self.MAX_SCORES // (hi - lo))
-            for s in range(0, len(qidx), step):
-                chunk = qidx[s:s + step]
-                # numpy's OpenBLAS beat torch's CPU matmul at every batch size measured (100k x 1280, 2 cores):
-                # ~20 vs ~41 ms for one query in the (rows x dim) @ (dim x q) orientation, ~570 vs ~450 q/s at 256.
-                qs, mat = queries[chunk], self.mat[lo:hi]
-                sims = torch.from_numpy(mat @ qs.T).T if len(chunk) <= 16 else torch.from_numpy(qs @ mat.T)
-                r, c = [], []
-                for row, qi in enumerate(chunk):
-                    for i in excl[qi]:
-                        for p in self.positions.get(i, ()):
-                            if lo <= p < hi:
-                                r.append(row)
-                                c.append(p - lo)
-                if r:
-                    sims[r, c] = -torch.inf
-                vals, idx = torch.topk(sims, kk, dim=1)
-                vals, idx = vals.numpy(), idx.numpy()
-                # topk leaves the order of equal scores open: break ties by row position, deterministically.
-                o = np.lexsort((idx, -vals), axis=1)
-                vals, idx = np.take_along_axis(vals, o, 1), np.take_along_axis(idx, o, 1) + lo
-                for row, qi in enumerate(chunk):
-                    results[qi] = [Hit(self.ids[j], self.uris[j], self.cats[j], float(v))
-                                   for v, j in zip(vals[row], idx[row]) if v != -np.inf]
-        return results
-
-
-def _groups(cats: list[str | None]) -> dict[str | None, list[int]]:
-    """Query positions per category, in first-seen order: one batched search per group."""
-    out: dict[str | None, list[int]] = {}
-    for i, c in enumerate(cats):
-        out.setdefault(c, []).append(i)
-    return out
-
-
-def _as_set(e) -> set[str]:
-    if e is None:
-        return set()
-    if isinstance(e, str):
-        return {e}
-    return set(e)
 
 
 def choose_table(names: list[str], db_uri: str, table: str | None = None, encoder: str | None = None) -> str:

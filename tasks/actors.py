@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import os
 import re
 import socket
 from dataclasses import dataclass, field
 
+from tasks.cluster import Cluster
 from tasks.runtime import init_ray, ray
 
 
@@ -49,17 +49,6 @@ class PoolSpec:
             # leave half a CPU per node for the shard tasks' reads/writes and Ray's own processes
             cpw = max(0.5, min(4.0, (min(nodes) - 0.5) / per_node))
         return PoolSpec(workers, gpw, cpw, dict(self.resources), self.spread)
-
-    @staticmethod
-    def parse_resources(text: str | None) -> dict:
-        if not text:
-            return {}
-        try:
-            value = json.loads(text)
-            assert isinstance(value, dict)
-            return {str(k): float(v) for k, v in value.items()}
-        except Exception:  # noqa: BLE001 - any parse or type failure: one message with the expected shape
-            raise ValueError(f'--worker-resources must be a JSON object like {{"gpu_worker": 1}}, got {text!r}') from None
 
 
 def node_cpus() -> list[float]:
@@ -104,7 +93,8 @@ class EnhanceActor(_Located):
 
     def __init__(self, cfg: dict, cpus: float):
         _threads(cpus)
-        from rasr.enhance import EnhanceConfig, EnhanceWorker
+        from rasr.enhance import EnhanceWorker
+        from rasr.enhance_run import EnhanceConfig
 
         self.worker = EnhanceWorker(EnhanceConfig(**cfg), io_threads=max(2, min(16, int(round(2 * cpus)))))
 
@@ -235,13 +225,14 @@ class ActorPool:
 
 
 @contextlib.contextmanager
-def actor_pool(actor_cls, *args, workers: int | None = None, gpus_per_worker: float | None = None,
-               resources: dict | None = None, address: str | None = None, **kwargs):
+def actor_pool(actor_cls, *args, cluster: Cluster | None = None, **kwargs):
     """Connect to (or start) Ray, size the pool for the cluster, start the actors and wait until their
     models are loaded (`pool.placement` says where each runs); the actors are stopped on exit."""
-    cluster = init_ray(address)
-    spec = PoolSpec(workers, gpus_per_worker, None, resources or {}).resolve(cluster, node_cpus())
-    check_resources(spec, cluster, address)
+    where = cluster or Cluster()
+    found = init_ray(where.ray_address)
+    spec = PoolSpec(where.workers, where.gpus_per_worker, None, dict(where.worker_resources or {})).resolve(
+        found, node_cpus())
+    check_resources(spec, found, where.ray_address)
     pool = ActorPool(actor_cls, spec, *args, **kwargs)
     try:
         pool.placement = pool.ready()

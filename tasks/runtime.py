@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import os
 
+import ray  # its settings (QUIET_ENV) are read when Ray starts, not on import: init_ray sets them first
+
 QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_AUTH_MODE": "disabled",          # else Ray writes ~/.ray/auth_token
@@ -30,13 +32,11 @@ def quiet_environment() -> None:
     warnings.filterwarnings("ignore", message="lancedb fork support is experimental", category=RuntimeWarning)
 
 
-quiet_environment()
-
-import ray  # noqa: E402
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, verbose: bool = False) -> dict:
     """Connect to RAY_ADDRESS / `address`, or start Ray locally; returns the cluster's resources."""
+    quiet_environment()  # before Ray starts: its usage statistics would wait on a network it may not reach
     if ray.is_initialized():
         return ray.cluster_resources()
     address = address or os.environ.get("RAY_ADDRESS") or None

@@ -1,4 +1,5 @@
-"""Prefect task: run one shard on the actor pool, write its Parquet tables, then its done-marker.
+"""Shards on actors: `process_shards` runs a flow's shards on an actor pool, a bounded number at a
+time; the Prefect task `run_shard` runs one shard, writes its Parquet tables, then its done-marker.
 
 Used by the enhance and evaluate flows alike: their actors return {table name: rows} for a batch of
 inputs; the task writes <out>/<table>/shard=<id>/part-0.parquet for each table and, last of all,
@@ -15,11 +16,13 @@ from dataclasses import asdict
 import pyarrow as pa
 from prefect import task
 from prefect.cache_policies import NONE
+from prefect.futures import as_completed, wait
 
 from rasr import catalog, faults, manifest, storage
 from rasr.catalog import Shard
 from tasks import progress
-from tasks.actors import ActorPool, root_cause
+from tasks.actors import ActorPool, actor_pool, root_cause
+from tasks.cluster import Cluster
 from tasks.runtime import ray
 
 
@@ -122,3 +125,62 @@ def _process(s: Shard, out: str, run_id: str, cfg_hash: str, pool: ActorPool, pe
     per_input = Counter(status_of.values())
     return {**_result(s), "n": len(items), **{k: per_input.get(k, 0) for k in manifest.STATUSES},
             "rows": len(rows), "seconds": marker["seconds"], "retried": sum(retries.values())}
+
+
+def process_shards(actor_cls, cfg: dict, shards: list, out: str, run_id: str, cfg_hash: str, schemas: dict,
+                   per_call: int, label: str, show_progress: bool, cluster: Cluster | None = None,
+                   max_inflight: int | None = None) -> tuple[list[dict], list[dict], list[dict]]:
+    """Run `shards` with `actor_cls(cfg)` actors and a progress bar; returns (results, failures, placement).
+
+    per_call: inputs sent to an actor per call.
+    At most `max_inflight` shards (default: workers + 1) are in flight, so a crash loses little work."""
+    if not shards:
+        return [], [], []
+    storage.sweep_temp(catalog.temp_dir(out))  # leftovers of a killed earlier run
+    catalog.sweep_leases(out)
+    key = f"{label}-{run_id}"
+    progress.start(key, sum(len(s.items) for s in shards), label, show_progress)
+    try:
+        with actor_pool(actor_cls, cfg, cluster=cluster) as pool:
+            submit = lambda sh: run_shard.submit(sh.to_dict(), out, run_id, cfg_hash, pool,  # noqa: E731
+                                                 per_call, schemas, key)
+            results, failures = run_bounded(shards, submit, max_inflight or pool.spec.workers + 1)
+            return results, failures, pool.placement
+    finally:
+        progress.close(key)
+
+
+# shards failing one after another mean an outage (store unreachable, every worker failing), not bad
+# inputs: stop starting new ones, so the run ends with one clear error instead of failing every shard
+STOP_AFTER_FAILURES = 3
+
+
+def run_bounded(shards: list, submit, limit: int) -> tuple[list[dict], list[dict]]:
+    """Submit shard tasks keeping at most `limit` in flight (a crash then loses little work).
+
+    Returns (results of finished shards, [{"error": ...}] of failed ones); one failure never stops
+    the others."""
+    results, failures, inflight = [], [], []
+    streak = [0]  # shards failed in a row
+
+    def collect(futures):
+        for fut in futures:
+            try:
+                results.append(fut.result())
+                streak[0] = 0
+            except Exception as e:  # noqa: BLE001 - shards are independent
+                failures.append({"error": storage.redact(f"{e.__class__.__name__}: {e}")})
+                streak[0] += 1
+
+    for started, shard in enumerate(shards):
+        if streak[0] >= STOP_AFTER_FAILURES:  # the store or the workers are down: stop, the next run resumes
+            failures.append({"error": f"stopped after {streak[0]} shards failed in a row, "
+                                      f"{len(shards) - started} shards not started", "stopped": True})
+            break
+        if len(inflight) >= limit:
+            first = next(as_completed(inflight))
+            collect([first])
+            inflight = [f for f in inflight if f is not first]
+        inflight.append(submit(shard))
+    collect(wait(inflight).done)
+    return results, failures

@@ -3,6 +3,7 @@
 import pytest
 
 from tasks.actors import PoolSpec
+from tasks.cluster import parse_resources
 
 
 @pytest.mark.parametrize("cluster, nodes, expect", [
@@ -27,6 +28,6 @@ def test_environment_sets_defaults_for_autoscaling_clusters(monkeypatch):
 
 
 def test_resources_json_is_validated():
-    assert PoolSpec.parse_resources('{"h100": 1}') == {"h100": 1.0}
+    assert parse_resources('{"h100": 1}') == {"h100": 1.0}
     with pytest.raises(ValueError, match="JSON object"):
-        PoolSpec.parse_resources("h100=1")
+        parse_resources("h100=1")

@@ -97,7 +97,7 @@ def test_deployments_on_a_real_server(server, sample_dirs, tmp_path):
     info = json.loads(_deployment_json(env, "nightly-enhance/nightly-enhance"))
     assert info["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
     assert info["concurrency_limit"] == 1 or (info.get("global_concurrency_limit") or {}).get("limit") == 1
-    assert info["parameters"]["input"] == str(archive) and info["parameters"]["db"] == str(db)
+    assert info["parameters"]["input"] == str(archive) and info["parameters"]["config"]["db"] == str(db)
 
     worker_log = open(tmp_path / "worker.log", "w")
     worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "1"}

@@ -7,6 +7,8 @@ from PIL import Image
 from flows.enhance import enhance_archive
 from rasr.generators import load_generator
 from rasr.manifest import read_manifest
+from tasks.cluster import Cluster
+from rasr.enhance_run import EnhanceConfig
 
 THRESHOLD = 0.75  # the sample's six photos find references at 0.67-0.84: three on each side
 
@@ -15,9 +17,9 @@ def test_refdsr_in_the_pipeline(flows_env, db, sample_dirs, tiny_diffusion, tmp_
     out = tmp_path / "out"
     opts = {"osediff_weights": tiny_diffusion["osediff"], "refdsr_weights": tiny_diffusion["branch"],
             "fusion_scale": 0.7}
-    s = enhance_archive(sample_dirs["archive"], str(out), db=db, generator="refdsr",
-                        generator_weights=tiny_diffusion["base"], generator_options=opts,
-                        min_similarity=THRESHOLD, shard_size=3, batch_size=2, gpus_per_worker=0)
+    s = enhance_archive(sample_dirs["archive"], str(out), EnhanceConfig(
+        db=db, generator="refdsr", generator_weights=tiny_diffusion["base"], generator_options=opts,
+        min_similarity=THRESHOLD, shard_size=3, batch_size=2), cluster=Cluster(gpus_per_worker=0))
     assert s["ok"] == 6 and s["failed"] == 0 and s["shards"] == 2 and s["workers"] == 1
     rows = read_manifest(str(out)).to_pylist()
     expected_id = load_generator("refdsr", weights=tiny_diffusion["base"], **opts).weights_id
@@ -37,9 +39,9 @@ def test_refdsr_in_the_pipeline(flows_env, db, sample_dirs, tiny_diffusion, tmp_
 
 
 def test_osediff_in_the_pipeline(flows_env, sample_dirs, tiny_diffusion, tmp_path):
-    s = enhance_archive(sample_dirs["archive"], str(tmp_path / "out"), generator="osediff",
-                        generator_weights=tiny_diffusion["base"],
-                        generator_options={"osediff_weights": tiny_diffusion["osediff"]}, shard_size=6)
+    s = enhance_archive(sample_dirs["archive"], str(tmp_path / "out"), EnhanceConfig(
+        generator="osediff", generator_weights=tiny_diffusion["base"],
+        generator_options={"osediff_weights": tiny_diffusion["osediff"]}, shard_size=6))
     assert s["ok"] == 6
     rows = read_manifest(str(tmp_path / "out")).to_pylist()
     assert all(not r["ref_used"] and r["fusion_scale"] is None for r in rows)
@@ -47,7 +49,6 @@ def test_osediff_in_the_pipeline(flows_env, sample_dirs, tiny_diffusion, tmp_pat
 
 def test_refdsr_without_a_gallery_is_refused(flows_env, sample_dirs, tiny_diffusion, tmp_path):
     with pytest.raises(Exception, match="--db"):
-        enhance_archive(sample_dirs["archive"], str(tmp_path / "out"), generator="refdsr",
-                        generator_weights=tiny_diffusion["base"],
-                        generator_options={"osediff_weights": tiny_diffusion["osediff"],
-                                           "refdsr_weights": tiny_diffusion["branch"]})
+        enhance_archive(sample_dirs["archive"], str(tmp_path / "out"), EnhanceConfig(
+            generator="refdsr", generator_weights=tiny_diffusion["base"],
+            generator_options={"osediff_weights": tiny_diffusion["osediff"], "refdsr_weights": tiny_diffusion["branch"]}))

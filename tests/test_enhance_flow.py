@@ -10,6 +10,7 @@ from rasr import manifest
 from rasr.manifest import read_manifest
 from tests.badinputs import PIXEL_LIMIT, write_bad_inputs
 from tests.conftest import tree_snapshot
+from rasr.enhance_run import EnhanceConfig
 
 
 def odd_archive(folder):
@@ -27,7 +28,7 @@ def odd_archive(folder):
 def test_enhance_writes_images_manifest_markers_and_is_idempotent(flows_env, db, tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     odd_archive(src)
-    s = enhance_archive(str(src), str(out), db=db, generator="bicubic", shard_size=2, top_k=3)
+    s = enhance_archive(str(src), str(out), EnhanceConfig(db=db, generator="bicubic", shard_size=2, top_k=3))
     assert (s["inputs"], s["processed"], s["ok"], s["failed"], s["shards"]) == (5, 5, 5, 0, 3)
 
     rows = read_manifest(str(out)).to_pylist()
@@ -46,22 +47,22 @@ def test_enhance_writes_images_manifest_markers_and_is_idempotent(flows_env, db,
     assert len(list((out / "_done").iterdir())) == 3 and len(list((out / "runs").iterdir())) == 1
 
     before = tree_snapshot(str(out))
-    again = enhance_archive(str(src), str(out), db=db, generator="bicubic", shard_size=2, top_k=3)
+    again = enhance_archive(str(src), str(out), EnhanceConfig(db=db, generator="bicubic", shard_size=2, top_k=3))
     assert again["processed"] == 0 and again["already_done"] == 5
     assert again["workers"] == 0  # no actor started: no model was loaded
     assert tree_snapshot(str(out)) == before  # no file written or touched
 
     # a new photo: only it is processed; a different config redoes everything
     (src / "food" / "extra.png").write_bytes((src / "food" / "coffee_41x23.png").read_bytes())
-    third = enhance_archive(str(src), str(out), db=db, generator="bicubic", shard_size=2, top_k=3)
+    third = enhance_archive(str(src), str(out), EnhanceConfig(db=db, generator="bicubic", shard_size=2, top_k=3))
     assert third["processed"] == 1
-    assert enhance_archive(str(src), str(out), db=db, generator="bicubic", shard_size=2, top_k=2)["processed"] == 6
+    assert enhance_archive(str(src), str(out), EnhanceConfig(db=db, generator="bicubic", shard_size=2, top_k=2))["processed"] == 6
 
 
 def test_bad_inputs_get_error_rows_and_valid_ones_are_enhanced(flows_env, db, tmp_path):
     src, out = tmp_path / "bad", tmp_path / "out"
     expected = write_bad_inputs(str(src))
-    s = enhance_archive(str(src), str(out), db=db, generator="bicubic", shard_size=4, max_pixels=PIXEL_LIMIT)
+    s = enhance_archive(str(src), str(out), EnhanceConfig(db=db, generator="bicubic", shard_size=4, max_pixels=PIXEL_LIMIT))
     rows = {r["relpath"]: r for r in read_manifest(str(out)).to_pylist()}
     assert {k: r["status"] for k, r in rows.items()} == expected
     assert s["failed"] == sum(v == "error" for v in expected.values()) == 4

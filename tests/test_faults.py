@@ -19,7 +19,8 @@ import pytest
 from PIL import Image
 
 from rasr import catalog, storage
-from rasr.enhance import EnhanceConfig, EnhanceWorker
+from rasr.enhance import EnhanceWorker
+from rasr.enhance_run import EnhanceConfig
 from rasr.images import decode_image
 from rasr.manifest import read_manifest
 from rasr.samples import as_rgb, load_photo, photo_names
@@ -232,14 +233,14 @@ def test_a_dying_worker_is_replaced_and_a_shard_claimed_by_another_run_is_left_t
     """An actor exits mid-batch: its batch is redone on a healthy actor, recorded in the summary and
     the rows. Meanwhile one shard is claimed by another live run (a lease this test holds): this run
     leaves it alone, says so, and the next run does it."""
-    from rasr.enhance import plan as make_plan
+    from rasr.enhance_run import plan as make_plan
     from rasr.locks import Lease
 
     src, out = str(tmp_path / "in"), str(tmp_path / "out")
     names = write_photos(src, 12)
     reference = reference_outputs(src, str(tmp_path / "ref"))
     args = ["enhance", src, out, "--generator", "bicubic", "--shard-size", "4", "--batch-size", "2", "--workers", "2"]
-    shards = make_plan(EnhanceConfig(generator="bicubic", batch_size=2), src, out, 4).shards
+    shards = make_plan(EnhanceConfig(generator="bicubic", batch_size=2, shard_size=4), src, out).shards
     other_run = Lease(storage.join(out, catalog.LEASE_DIR, f"shard={shards[1].id}.json"), ttl=600, run_id="nightly")
     assert other_run.acquire()
     env = {"PREFECT_API_URL": prefect_harness, "RASR_FAULT": "restore=2:exit-once",

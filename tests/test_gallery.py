@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from rasr import gallery as G
+from rasr.exact_search import as_set
 
 
 def unit(rng, n, d):
@@ -122,7 +123,7 @@ def check_against_reference(g, q, k, excl, cats):
     hits = g.search(q, k=k, exclude_ids=excl, category=cats)
     assert len(hits) == len(q)
     for qi, hs in enumerate(hits):
-        ref_ids, ref_sims = flat_reference(g, q[qi], k, sorted(G._as_set(excl[qi])), cats[qi])
+        ref_ids, ref_sims = flat_reference(g, q[qi], k, sorted(as_set(excl[qi])), cats[qi])
         assert [h.id for h in hs] == ref_ids, qi
         np.testing.assert_allclose([h.similarity for h in hs], ref_sims, atol=1e-5)
         assert all(h.category == cats[qi] for h in hs) if cats[qi] else True
@@ -203,7 +204,7 @@ def test_ann_batch_with_categories_and_exclusions(tmp_path, monkeypatch):
     ann = g.search(q, k=5, exclude_ids=excl, category=cats)
     assert_same_hits(ann, [g.search(q[i:i + 1], k=5, exclude_ids=[excl[i]], category=cats[i])[0] for i in range(n)])
     for qi, (a, e) in enumerate(zip(ann, exact)):
-        assert all(h.id not in G._as_set(excl[qi]) and (cats[qi] is None or h.category == cats[qi]) for h in a)
+        assert all(h.id not in as_set(excl[qi]) and (cats[qi] is None or h.category == cats[qi]) for h in a)
         assert len(a) == len(e) and len({h.id for h in a} & {h.id for h in e}) >= len(e) - 1 and a[0].id == e[0].id
         np.testing.assert_allclose([h.similarity for h in a], [float(vecs[int(h.id[3:])] @ q[qi] /
                                    np.linalg.norm(q[qi])) for h in a], atol=1e-5)  # refined: exact similarity

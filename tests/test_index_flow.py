@@ -9,13 +9,14 @@ from PIL import Image
 from flows.index import index_gallery
 from rasr.gallery import Gallery
 from rasr.samples import load_photo
+from rasr.indexer import IndexConfig
 
 
 def test_reindex_embeds_only_new_and_changed_files(flows_env, sample_dirs, tmp_path):
     gallery = tmp_path / "gallery"
     shutil.copytree(sample_dirs["gallery"], gallery)
     db = str(tmp_path / "db")
-    first = index_gallery(str(gallery), db, shard_size=8, batch_size=8)
+    first = index_gallery(str(gallery), db, IndexConfig(shard_size=8, batch_size=8))
     n = len([f for _, _, fs in os.walk(gallery) for f in fs])
     assert first["embedded"] == n == 20 and first["failed"] == 0
     assert first["duplicates"] == 0 and first["excluded_small"] == 0  # hygiene runs in the flow
@@ -28,7 +29,7 @@ def test_reindex_embeds_only_new_and_changed_files(flows_env, sample_dirs, tmp_p
     os.utime(coffee, (1_700_000_000, 1_700_000_000))  # mtime differs even on coarse filesystems
     (gallery / "textures" / "brick.png").unlink()
 
-    second = index_gallery(str(gallery), db, shard_size=8, batch_size=8)
+    second = index_gallery(str(gallery), db, IndexConfig(shard_size=8, batch_size=8))
     assert second["embedded"] == 2
     assert second["deleted"] == 1 and second["unchanged"] == 18
 

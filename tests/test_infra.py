@@ -312,7 +312,7 @@ def test_worker_resources_in_commands_name_resources_the_clusters_advertise():
         spec = ctx.params.get("worker_resources") if ctx is not None else None
         if spec:
             used += 1
-            missing = set(json.loads(spec)) - advertised
+            missing = set(spec) - advertised  # the CLI parses the JSON into {resource: amount}
             assert not missing, f"{where}: --worker-resources asks for {missing}, no node type has it"
     assert used, "no command shows how to pin actors with --worker-resources"
 

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from rasr import catalog, images
-from rasr.enhance import EnhanceConfig, EnhanceWorker
+from rasr.enhance import EnhanceWorker
+from rasr.enhance_run import EnhanceConfig
 from rasr.generators.base import Generator
 from tests.badinputs import PIXEL_LIMIT, write_bad_inputs
 

@@ -24,6 +24,7 @@ from rasr.manifest import read_manifest
 from rasr.samples import as_rgb, load_photo
 from tests.browser import browse
 from tests.test_cli import NO_ENGINES, summary_of
+from rasr.enhance_run import EnhanceConfig
 
 RASR = [sys.executable, "-m", "flows.cli"]
 ODD_NAME = "food/coffee & l'été <b>.png"  # quotes, markup and accents: escaped in HTML and in JS strings
@@ -46,7 +47,7 @@ def run(db, tmp_path_factory):
     (src / "empty.jpg").write_bytes(b"")
     (src / "notes.jpg").write_text("this is not a photo\n")
     (src / "readme.txt").write_text("archive notes\n")
-    summary = enhance_archive(str(src), str(out), db=db, generator="bicubic", top_k=2, shard_size=4)
+    summary = enhance_archive(str(src), str(out), EnhanceConfig(db=db, generator="bicubic", top_k=2, shard_size=4))
     return src, out, summary
 
 
@@ -167,7 +168,7 @@ def test_a_report_failure_does_not_fail_the_run(db, tmp_path, monkeypatch, caplo
 
     monkeypatch.setattr(runreport, "write_report", broken)
     save_photo(str(tmp_path / "in" / "a" / "rocket.png"), "rocket", (20, 24))
-    s = enhance_archive(str(tmp_path / "in"), str(tmp_path / "out"), generator="bicubic")
+    s = enhance_archive(str(tmp_path / "in"), str(tmp_path / "out"), EnhanceConfig(generator="bicubic"))
     assert s["ok"] == 1 and "report" not in s
     assert "results page not written: OSError: disk full" in caplog.text
 
@@ -231,7 +232,7 @@ def test_page_in_headless_chromium(run, tmp_path):
 def test_nightly_run_lists_that_nights_photos_first(run, db):
     src, out, _ = run
     save_photo(str(src / "places" / "china.png"), "china", (44, 30))
-    s = nightly_enhance(str(src), str(out), db=db, generator="bicubic", top_k=2, shard_size=4)
+    s = nightly_enhance(str(src), str(out), EnhanceConfig(db=db, generator="bicubic", top_k=2, shard_size=4))
     assert s["processed"] == 1 and s["report"] == str(out / "report" / "index.html")
     data = page_rows(out)
     assert len(data) == 8
@@ -253,7 +254,7 @@ def test_report_on_s3_copies_thumbnails_and_holds_no_credentials(flows_env, s3_s
         save_photo(str(tmp_path / "src" / f"{name}.png"), name, (32 + 4 * i, 24))
         s3.upload_file(str(tmp_path / "src" / f"{name}.png"), "pages", f"in/c/{name}.png")
     s3.put_object(Bucket="pages", Key="in/c/broken.jpg", Body=b"not a photo")
-    s = enhance_archive("s3://pages/in", "s3://pages/out", generator="bicubic", shard_size=2)
+    s = enhance_archive("s3://pages/in", "s3://pages/out", EnhanceConfig(generator="bicubic", shard_size=2))
     assert s["ok"] == 3 and s["report"] == "s3://pages/out/report/index.html"
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="pages", Prefix="out/report/")["Contents"]]
     assert sum(k.startswith("out/report/thumbs/") for k in keys) == 3

@@ -12,6 +12,7 @@ from rasr import storage
 from rasr.gallery import Gallery
 from rasr.manifest import read_manifest
 from tests.conftest import S3_KEY_ID, S3_SECRET
+from rasr.enhance_run import EnhanceConfig
 
 
 @pytest.fixture()
@@ -37,16 +38,15 @@ def test_index_and_enhance_on_s3(flows_env, bucket, caplog, capfd):
     g = Gallery.open("s3://photos/db")
     assert g.count() == 20 and all(u.startswith("s3://photos/gallery/") for u in g.files())
 
-    s = enhance_archive("s3://photos/archive", "s3://photos/out", db="s3://photos/db", generator="bicubic",
-                        shard_size=4)
+    cfg = EnhanceConfig(db="s3://photos/db", generator="bicubic", shard_size=4)
+    s = enhance_archive("s3://photos/archive", "s3://photos/out", cfg)
     assert s["ok"] == 6 and s["failed"] == 0 and s["shards"] == 2
     rows = read_manifest("s3://photos/out").to_pylist()
     assert len(rows) == 6
     for r in rows:
         assert r["output_uri"].startswith("s3://photos/out/images/") and storage.exists(r["output_uri"])
         assert r["ref_uris"][0].startswith("s3://photos/gallery/")
-    assert enhance_archive("s3://photos/archive", "s3://photos/out", db="s3://photos/db",
-                           generator="bicubic", shard_size=4)["processed"] == 0
+    assert enhance_archive("s3://photos/archive", "s3://photos/out", cfg)["processed"] == 0
 
     # credentials never appear in anything we wrote or logged
     keys = [o["Key"] for o in bucket.list_objects_v2(Bucket="photos", Prefix="out/")["Contents"]]

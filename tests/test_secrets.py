@@ -7,7 +7,7 @@ import os
 import pytest
 from prefect import flow, get_run_logger
 
-from flows._common import flow_setup, load_secrets
+from flows._setup import flow_setup, load_secrets
 
 
 @flow(name="logs-a-secret")

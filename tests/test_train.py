@@ -14,6 +14,8 @@ from rasr.generators import load_generator
 from rasr.samples import as_rgb, load_photo
 from rasr.train import TrainConfig, Trainer, latest_checkpoint
 from tests.conftest import tree_snapshot
+from rasr.dataset import DatasetConfig
+from rasr.enhance_run import EnhanceConfig
 
 CATEGORIES = {"animals": "chelsea", "food": "coffee", "space": "hubble_deep_field"}
 
@@ -35,7 +37,7 @@ def src(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ds(flows_env, src, tmp_path_factory):
     out = tmp_path_factory.mktemp("ds")
-    s = build_dataset(str(src), str(out), train=3, test=1, crop=128, top_k=2, self_pairs_per_image=1)
+    s = build_dataset(str(src), str(out), DatasetConfig(train=3, test=1, crop=128, top_k=2, self_pairs_per_image=1))
     return out, s
 
 
@@ -59,7 +61,7 @@ def test_dataset_split_crops_and_references(ds):
 def test_dataset_rerun_is_a_noop(ds, src):
     out, _ = ds
     before = tree_snapshot(str(out))
-    again = build_dataset(str(src), str(out), train=3, test=1, crop=128, top_k=2, self_pairs_per_image=1)
+    again = build_dataset(str(src), str(out), DatasetConfig(train=3, test=1, crop=128, top_k=2, self_pairs_per_image=1))
     assert again["rebuilt"] is False and tree_snapshot(str(out)) == before
 
 
@@ -109,8 +111,9 @@ def test_overfits_a_fixed_batch_and_loads_into_enhance(ds, tiny_diffusion, tmp_p
                                                 refdsr_weights=tiny_diffusion["branch"], **opts).weights_id
     from flows.enhance import enhance_archive
 
-    s = enhance_archive(sample_dirs["archive"], str(tmp_path / "out"), db=db, generator="refdsr",
-                        generator_weights=tiny_diffusion["base"], generator_options={**opts, "refdsr_weights": branch})
+    s = enhance_archive(sample_dirs["archive"], str(tmp_path / "out"), EnhanceConfig(
+        db=db, generator="refdsr", generator_weights=tiny_diffusion["base"],
+        generator_options={**opts, "refdsr_weights": branch}))
     assert s["ok"] == 6 and s["failed"] == 0
 
 

@@ -7,12 +7,28 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
+
+from rasr.options import option
 
 if TYPE_CHECKING:
     from rasr.generators.base import Generator
 
 GENERATORS = ("bicubic", "realesrgan", "osediff", "refdsr")
+
+
+@dataclass
+class GeneratorOptions:
+    """The diffusion generators' own options (the `generator_options` of a run's config; a None is
+    left out, so the generator's default applies and the config hash stays that of earlier runs)."""
+
+    osediff_weights: str | None = option(None, "OSEDiff LoRA (osediff.pkl or converted folder).")
+    refdsr_weights: str | None = option(None, "RefDSR reference-branch weights (safetensors).")
+    fusion_scale: float | None = option(None, "RefDSR reference fusion weight (default 0.5).")
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 def __getattr__(name: str):

@@ -1,0 +1,69 @@
+"""What every flow does first, explicitly (`flow_setup()`): telemetry off and quiet logs, S3
+credentials in place, and secrets kept out of every log record."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from rasr import storage
+from tasks.runtime import quiet_environment
+
+_REDACTING = False
+
+
+def install_redaction() -> None:
+    """Redact credential values (see rasr.storage.redact) from every log record, whoever logs it.
+
+    A record factory rather than handler filters: it also covers handlers added later (Prefect's API
+    log handler, Ray's), so a secret never reaches a terminal, a log file or Prefect's database."""
+    global _REDACTING
+    if _REDACTING:
+        return
+    make = logging.getLogRecordFactory()
+
+    def factory(*args, **kwargs):
+        record = make(*args, **kwargs)
+        try:
+            msg = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record is the logger's problem, not ours
+            return record
+        clean = storage.redact(msg)
+        if clean != msg:
+            record.msg, record.args = clean, ()
+        return record
+
+    logging.setLogRecordFactory(factory)
+    _REDACTING = True
+
+
+def load_secrets() -> None:
+    """S3 credentials from a Prefect Secret block when the environment has none.
+
+    RASR_S3_SECRET_BLOCK names a Secret block holding JSON {"aws_access_key_id", "aws_secret_access_key",
+    and optionally "endpoint_url", "region"}; its values go to this process's environment (which Ray
+    workers started afterwards inherit), never to a file."""
+    block = os.environ.get("RASR_S3_SECRET_BLOCK")
+    if not block or os.environ.get("AWS_ACCESS_KEY_ID"):
+        return
+    from prefect.blocks.system import Secret
+
+    value = Secret.load(block).get()
+    data = json.loads(value) if isinstance(value, str) else dict(value)
+    mapping = {"aws_access_key_id": "AWS_ACCESS_KEY_ID", "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
+               "aws_session_token": "AWS_SESSION_TOKEN", "endpoint_url": "AWS_ENDPOINT_URL", "region": "AWS_REGION"}
+    missing = [k for k in ("aws_access_key_id", "aws_secret_access_key") if not data.get(k)]
+    if missing:
+        raise ValueError(f"Secret block {block!r} lacks {', '.join(missing)}: store JSON with "
+                         f"aws_access_key_id and aws_secret_access_key (and endpoint_url for MinIO)")
+    for key, env in mapping.items():
+        if data.get(key):
+            os.environ[env] = str(data[key])
+
+
+def flow_setup() -> None:
+    """First thing every flow does: telemetry off, credentials in place, and kept out of the logs."""
+    quiet_environment()
+    load_secrets()
+    install_redaction()

@@ -1,0 +1,181 @@
+"""An enhance run before it starts: its config (what it produces and how), the checks of its
+arguments (a mistake is a usage error in about a second, before any engine starts), and its plan
+(the inputs not yet done, in shards). rasr/enhance.py holds the worker that does the work."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+from rasr import catalog, images, listing, options, storage
+from rasr.catalog import Item
+from rasr.options import STRICT, option
+
+
+def _generators() -> tuple[str, ...]:
+    from rasr.generators import GENERATORS  # names only: no torch import
+
+    return tuple(GENERATORS)
+
+
+def _color_fixes() -> tuple[str, ...]:
+    from rasr.colorfix import COLOR_FIXES
+
+    return tuple(COLOR_FIXES)
+
+
+# what `identity` leaves out: the same outputs whatever these are
+NOT_HASHED = ("device", "batch_size", "db", "png_level", "quality", "shard_size", "follow_symlinks")
+
+
+@dataclass
+class EnhanceConfig:
+    """Everything an enhance run takes besides its input, output and cluster; the fields not in
+    NOT_HASHED decide what it produces (config_hash)."""
+
+    __pydantic_config__ = STRICT
+
+    db: str | None = option(None, "Gallery LanceDB to retrieve references from (required by refdsr; without "
+                                  "it, no retrieval).")
+    table: str | None = option(None, "Table or gallery name (needed when the DB holds several).")
+    generator: str = option("realesrgan", "Generator; or package.module:ClassName of your own Generator subclass.",
+                            choices=_generators, open=True)
+    generator_weights: str | None = option(
+        None, "Generator weights (realesrgan: .param/.pth/.safetensors; osediff/refdsr: SD-2.1-base folder, "
+              "s3:// or hub id).", flags=("--generator-weights", "--weights"))
+    generator_options: dict = option(help="osediff_weights, refdsr_weights, fusion_scale... (GeneratorOptions)",
+                                     factory=dict, cli=False)
+    encoder_weights: str | None = option(None, "Encoder weights, if not the table's default source.", cli=False)
+    top_k: int = option(1, "References retrieved per image (the best one is used).", low=1)
+    min_similarity: float = option(0.0, "Below this cosine similarity the image is restored without a reference.",
+                                   low=-1.0, high=1.0)
+    category_filter: bool = option(False, "Only retrieve references from the input's own folder category.")
+    tile: int = option(256, "Tile size in input (LR) pixels (0 = never tile).", low=0)
+    overlap: int = option(32, "Overlap of neighbouring tiles in input (LR) pixels.", flags=("--tile-overlap",), low=0)
+    color_fix: str = option("none", "Colour correction of the output towards the input.", choices=_color_fixes)
+    output_format: str = option("png", "Output format (png and webp-lossless keep every pixel; see docs/PERFORMANCE.md).",
+                                flags=("--format",), choices=("png", "jpg", "webp", "webp-lossless"))
+    png_level: int = option(images.DEFAULT_PNG_LEVEL, "PNG zlib level: 1 writes several times faster than 6 for files "
+                                                      "a few per cent larger; same pixels.", low=0, high=9)
+    quality: int = option(images.DEFAULT_QUALITY, "jpg / lossy webp quality.", low=1, high=100)
+    max_pixels: int = option(images.DEFAULT_MAX_PIXELS, "Inputs above this many pixels fail with a reason.", low=1)
+    dtype: str = option("fp32", "Model precision.", flags=("--precision",), choices=("fp32", "fp16", "bf16"))
+    tagger: str = option("category", "Prompt tagger for diffusion generators: category|none|ram:PATH.")
+    device: str | None = option(None, "Torch device (default: the worker's accelerator).", cli=False)
+    batch_size: int = option(4, "Images per model call.", low=1)
+    shard_size: int = option(64, "Images per shard (unit of resume).", low=1)
+    follow_symlinks: bool = option(False, "Follow symlinks that point outside INPUT (by default they are recorded "
+                                          "as skipped).")
+
+    def identity(self) -> dict:
+        d = asdict(self)
+        # png_level never changes pixels; quality only matters for lossy formats (95 was implicit before
+        # it was an option, so leaving it out at 95 keeps earlier runs' hashes and their resume)
+        for k in NOT_HASHED:
+            d.pop(k)
+        if images.is_lossy(self.output_format) and self.quality != images.DEFAULT_QUALITY:
+            d["quality"] = self.quality
+        d["db"] = storage.redact(storage.normalise(self.db)) if self.db else None
+        return d
+
+    def encoding(self) -> images.Encoding:
+        return images.Encoding(self.output_format, png_level=self.png_level, quality=self.quality)
+
+    def hash(self) -> str:
+        return catalog.config_hash(self.identity())
+
+
+class UsageError(ValueError):
+    """An argument that cannot work (the CLI exits 2); the message names it and the fix."""
+
+
+def check_inputs(cfg: EnhanceConfig, input: str, output: str) -> None:
+    """Validate every argument before any engine starts: a mistake is reported in about a second,
+    not after Prefect, Ray and the models have started (or, worse, after the work is done)."""
+    from rasr.colorfix import COLOR_FIXES
+    from rasr.generators import GENERATORS
+
+    if cfg.generator not in GENERATORS and ":" not in cfg.generator:  # module:Class = a custom generator
+        raise UsageError(f"unknown generator {cfg.generator!r}: choose one of {', '.join(GENERATORS)}")
+    if cfg.color_fix not in COLOR_FIXES:
+        raise UsageError(f"unknown colour fix {cfg.color_fix!r}: choose one of {', '.join(COLOR_FIXES)}")
+    try:
+        cfg.encoding()
+        options.check(cfg)  # the declared choices and bounds (--top-k >= 1, --png-level 0-9, ...)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if cfg.tile and cfg.overlap * 2 >= cfg.tile:
+        raise UsageError(f"--tile-overlap {cfg.overlap} must be under half of --tile {cfg.tile}")
+    if cfg.generator == "refdsr" and not cfg.db:
+        raise UsageError("generator 'refdsr' restores with references: pass --db GALLERY_DB (index one with `rasr index`)")
+    _check_locations(input, output)
+    if cfg.db:
+        _check_gallery(cfg.db, cfg.table)
+
+
+def _check_locations(input: str, output: str) -> None:
+    fs, path = storage.filesystem(input)
+    if not fs.exists(path):
+        raise UsageError(f"input {storage.redact(input)} does not exist: check the path or prefix")
+    if storage.is_remote(output):
+        ofs, opath = storage.filesystem(output)
+        if ofs.isfile(opath):
+            raise UsageError(f"output {storage.redact(output)} is a file: give a folder or prefix")
+    else:
+        if os.path.lexists(output) and not os.path.isdir(output):
+            what = "a dangling symlink" if os.path.islink(output) and not os.path.exists(output) else "not a folder"
+            raise UsageError(f"output {output} is {what}: give a folder (it is created if missing)")
+        parent = os.path.dirname(os.path.abspath(output))
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+            raise UsageError(f"output {output} cannot be created: {parent} is not a writable folder")
+    if storage.is_remote(input) == storage.is_remote(output):
+        # resolved real paths (a symlinked OUTPUT inside INPUT is still inside it), normalised prefixes
+        norm = lambda u: storage.normalise(u).rstrip("/") + "/"  # noqa: E731
+        if norm(output).startswith(norm(input)):
+            raise UsageError(f"output {storage.redact(output)} is inside input {storage.redact(input)}: "
+                             f"outputs would be re-read as inputs")
+
+
+def _check_gallery(db: str, table: str | None) -> None:
+    """The DB exists and holds the table (from its listing: no LanceDB import, nothing created)."""
+    fs, path = storage.filesystem(db)
+    shown = storage.redact(db)
+    if not fs.exists(path):
+        raise UsageError(f"--db {shown} does not exist: index a gallery first (`rasr index GALLERY --db {shown}`)")
+    if fs.isfile(path):
+        raise UsageError(f"--db {shown} is a file, not a LanceDB folder: pass the folder `rasr index` wrote")
+    from rasr.gallery import GalleryError, choose_table  # lancedb itself is imported only on connect
+
+    names = sorted(n[:-len(".lance")] for n in (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+                   if n.endswith(".lance"))
+    try:
+        choose_table(names, db, table)  # the same choice the workers' Gallery.open will make
+    except GalleryError as e:
+        raise UsageError(str(e)) from None
+
+
+@dataclass
+class Plan:
+    """What a run will do: the inputs listed, those in scope, and shards of the ones not yet done."""
+
+    listed: int
+    items: list[Item]
+    shards: list[catalog.Shard]
+
+    @property
+    def todo(self) -> int:
+        return sum(len(s.items) for s in self.shards)
+
+
+def plan(cfg: EnhanceConfig, input: str, output: str, since: float | None = None) -> Plan:
+    """List inputs, drop those finished shards cover (same config, same size and mtime), shard the rest.
+
+    since: only inputs modified at or after this epoch time (the nightly watermark)."""
+    items = catalog.list_inputs(input, cfg.follow_symlinks)
+    listed = len(items)
+    if since is not None:
+        items = [i for i in items if (listing.mtime_seconds(i.mtime) or float("inf")) >= since]
+    done = catalog.covered(catalog.done_markers(output), cfg.hash())
+    return Plan(listed, items, catalog.plan(items, done, cfg.hash(), cfg.shard_size))

@@ -1,0 +1,110 @@
+"""One declaration per option: the CLI's options, the flows' parameters and the checks all come from
+the Config dataclasses (rasr/options.py)."""
+
+import dataclasses
+import inspect
+
+import click
+import pytest
+
+from flows.cli import main
+from rasr import options
+from rasr.dataset import DatasetConfig
+from rasr.enhance_run import EnhanceConfig
+from rasr.generators import GENERATORS, GeneratorOptions
+from rasr.indexer import IndexConfig
+from rasr.search import SearchConfig
+from tasks.cluster import Cluster
+
+COMMANDS = {("enhance",): (EnhanceConfig, GeneratorOptions, Cluster), ("index",): (IndexConfig, Cluster),
+            ("search",): (SearchConfig, Cluster), ("dataset", "build"): (DatasetConfig, Cluster)}
+
+
+def command(path: tuple[str, ...]) -> click.Command:
+    cmd = main
+    for name in path:
+        cmd = cmd.commands[name]
+    return cmd
+
+
+@pytest.mark.parametrize("path", list(COMMANDS), ids=" ".join)
+def test_every_config_field_is_an_option_with_its_default_and_help(path):
+    params = {p.name: p for p in command(path).params}
+    for cls in COMMANDS[path]:
+        for f in options.cli_fields(cls):
+            assert f.name in params, f"{' '.join(path)} lacks the option of {cls.__name__}.{f.name}"
+            p = params[f.name]
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            if f.metadata["parse"] is None:
+                assert p.default == default, f"{f.name}: {p.default!r} != {default!r}"
+            assert p.help == f.metadata["help"]
+            if options.choices_of(f):
+                assert list(p.type.choices) == list(options.choices_of(f))
+
+
+def test_choices_come_from_the_registries():
+    opt = {p.name: p for p in command(("enhance",)).params}
+    assert list(opt["generator"].type.choices) == list(GENERATORS)
+    assert opt["generator"].type.convert("mypkg.gen:Mine", None, None) == "mypkg.gen:Mine"  # a custom generator
+    assert "--weights" in opt["generator_weights"].opts and "--generator-weights" in opt["generator_weights"].opts
+
+
+def test_cli_values_build_the_same_config_a_flow_takes():
+    ctx = command(("enhance",)).make_context("enhance", [
+        "in", "out", "--top-k", "3", "--format", "jpg", "--precision", "bf16", "--tile-overlap", "16",
+        "--fusion-scale", "0.7", "--worker-resources", '{"h100": 1}', "--shard-size", "8"])
+    cfg = options.build(EnhanceConfig, ctx.params, generator_options=options.build(GeneratorOptions, ctx.params).as_dict())
+    assert (cfg.top_k, cfg.output_format, cfg.dtype, cfg.overlap, cfg.shard_size) == (3, "jpg", "bf16", 16, 8)
+    assert cfg.generator_options == {"fusion_scale": 0.7}  # unset generator options stay out (the hash)
+    assert options.build(Cluster, ctx.params).worker_resources == {"h100": 1.0}
+
+
+def test_run_options_do_not_change_what_a_run_produces():
+    base = EnhanceConfig()
+    assert EnhanceConfig(shard_size=3, follow_symlinks=True, batch_size=9).hash() == base.hash()
+    assert EnhanceConfig(top_k=2).hash() != base.hash()
+
+
+@pytest.mark.parametrize("cfg, message", [
+    (EnhanceConfig(top_k=0), "--top-k must be >= 1, got 0"),
+    (EnhanceConfig(png_level=10), "--png-level must be <= 9"),
+    (EnhanceConfig(dtype="fp8"), "--precision 'fp8' is not one of fp32, fp16, bf16"),
+    (EnhanceConfig(generator="mypkg.gen:Mine"), None),
+    (IndexConfig(near_duplicate=1.5), "--near-duplicate must be <= 1"),
+    (SearchConfig(k=0), "-k must be >= 1"),
+    (Cluster(workers=0), "--workers must be >= 1"),
+])
+def test_checks_name_the_option(cfg, message):
+    if message is None:
+        options.check(cfg)
+        return
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        options.check(cfg)
+
+
+def test_flows_take_the_config_dataclasses():
+    from flows.dataset import build_dataset
+    from flows.enhance import enhance_archive
+    from flows.index import index_gallery
+    from flows.nightly import nightly_enhance
+    from flows.search import search_batch
+
+    for fl, cls in ((enhance_archive, EnhanceConfig), (nightly_enhance, EnhanceConfig), (index_gallery, IndexConfig),
+                    (search_batch, SearchConfig), (build_dataset, DatasetConfig)):
+        params = inspect.signature(fl.fn).parameters
+        assert params["config"].annotation in (f"{cls.__name__} | None", cls | None), fl.name
+        assert "cluster" in params
+        # no option of the config is declared a second time as a flow parameter
+        assert not {f.name for f in dataclasses.fields(cls)} & set(params), fl.name
+
+
+def test_deployment_parameters_are_coerced_and_unknown_names_refused():
+    from flows.enhance import enhance_archive
+
+    ok = enhance_archive.validate_parameters({"input": "in", "output": "out",
+                                              "config": {"generator": "bicubic", "top_k": 2},
+                                              "cluster": {"workers": 2, "worker_resources": {"h100": 1}}})
+    assert ok["config"] == EnhanceConfig(generator="bicubic", top_k=2)
+    assert ok["cluster"] == Cluster(workers=2, worker_resources={"h100": 1})
+    with pytest.raises(Exception, match="topk"):
+        enhance_archive.validate_parameters({"input": "in", "output": "out", "config": {"topk": 2}})
