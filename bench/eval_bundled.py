@@ -18,6 +18,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 from PIL import Image
 
 from flows.evaluate import evaluate
+from rasr.evaluate import EvalConfig
 from rasr import samples
 from rasr.evaluate import prepare_hr
 
@@ -35,8 +36,9 @@ def main(out: str) -> None:
             os.path.join(lr, samples.category_of(name), f"{name}.png"))
     metrics = ["psnr", "ssim", "lpips", "dists", "niqe", "musiq", "clipiqa"]
     for label, lr_dir in (("degraded (Real-ESRGAN degradation, seed 0)", None), ("clean (bicubic x4 LR)", lr)):
-        res = evaluate(hr, os.path.join(out, "eval-" + label.split()[0]), methods=["bicubic", "realesrgan"],
-                       ref_modes=["none"], lr_dir=lr_dir, metric_names=metrics, shard_size=5, show_progress=True)
+        cfg = EvalConfig(methods=["bicubic", "realesrgan"], ref_modes=["none"], lr_dir=lr_dir, metrics=metrics,
+                         shard_size=5)
+        res = evaluate(hr, os.path.join(out, "eval-" + label.split()[0]), cfg, show_progress=True)
         print(f"\n{label}\n{res['table1']}\nreport: {res['report']}")
 
 

@@ -46,31 +46,49 @@ def _base(hint) -> type:
 
 
 def _click_option(fld: dataclasses.Field, hint):
+    """bool: --name/--no-name; list: comma-separated text; dict: JSON (`parse`) or repeated KEY=VALUE."""
     m = fld.metadata
     flags = m["flags"] or (f"--{fld.name.replace('_', '-')}",)
     default = fld.default_factory() if fld.default is dataclasses.MISSING else fld.default
-    kind = _base(hint)
+    kind = typing.get_origin(_base(hint)) or _base(hint)
     kw = {"help": m["help"], "envvar": m["envvar"], "metavar": m["metavar"]}
     if kind is bool:
-        if default:  # on by default: --name/--no-name
-            flags = tuple(f"{f}/--no-{f[2:]}" for f in flags if f.startswith("--"))
-            return click.option(*flags, fld.name, default=True, show_default=True, **kw)
-        return click.option(*flags, fld.name, is_flag=True, default=False, **kw)
+        flags = tuple(f"{f}/--no-{f[2:]}" for f in flags if f.startswith("--"))
+        return click.option(*flags, fld.name, default=default, show_default=True, **kw)
     choices = options.choices_of(fld)
     if choices is not None:
         kind = (OpenChoice if m["open"] else click.Choice)(list(choices))
     elif m["parse"]:
-        parse = m["parse"]
-
-        def convert(ctx, param, value, parse=parse):
-            try:
-                return parse(value) if isinstance(value, str) else value
-            except ValueError as e:
-                raise click.BadParameter(str(e)) from None
-        kw["callback"] = convert
+        kw["callback"] = _converter(m["parse"])
         kind, default = str, None
+    elif kind is list:
+        kw["callback"] = _converter(lambda text: [t.strip() for t in text.split(",") if t.strip()])
+        kind, default = str, ",".join(default)
+    elif kind is dict:
+        kw["callback"] = _converter(_pairs, flags[0])
+        return click.option(*flags, fld.name, multiple=True, **kw)
     return click.option(*flags, fld.name, type=kind, default=default, show_default=default not in (None, "", {}),
                         **kw)
+
+
+def _converter(parse, *args):
+    def convert(ctx, param, value):
+        try:
+            return parse(value, *args) if isinstance(value, (str, tuple)) else value
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from None
+    return convert
+
+
+def _pairs(specs: tuple[str, ...], flag: str) -> dict[str, str]:
+    """(KEY=VALUE, ...) of a repeated option -> {KEY: VALUE}."""
+    out = {}
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{flag} {spec!r}: expected KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def fail(e: Exception) -> None:

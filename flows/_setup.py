@@ -7,7 +7,7 @@ import json
 import logging
 import os
 
-from rasr import storage
+from rasr import options, storage
 from tasks.runtime import quiet_environment
 
 _REDACTING = False
@@ -62,8 +62,13 @@ def load_secrets() -> None:
             os.environ[env] = str(data[key])
 
 
-def flow_setup() -> None:
-    """First thing every flow does: telemetry off, credentials in place, and kept out of the logs."""
+def flow_setup(*configs) -> None:
+    """First thing every flow does: telemetry off, credentials in place and kept out of the logs, and
+    its configs checked (choices and bounds, named by option: a deployment's parameters are not
+    checked by the command line)."""
     quiet_environment()
+    for cfg in configs:
+        if cfg is not None:
+            options.check(cfg)
     load_secrets()
     install_redaction()

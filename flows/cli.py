@@ -30,7 +30,25 @@ def _quiet(verbose: bool) -> None:
     quiet_environment()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class Commands(click.Group):
+    """The archive commands are defined in this module; those of people who measure and train models
+    (flows/cli_research.py: they import torch) are loaded when used or listed, so a usage error of
+    `rasr enhance` still comes back in about a second."""
+
+    RESEARCH = {"evaluate": "evaluate", "metrics": "metrics_cmd", "dataset": "dataset", "train": "train"}
+
+    def list_commands(self, ctx):
+        return sorted({*super().list_commands(ctx), *self.RESEARCH})
+
+    def get_command(self, ctx, name):
+        if name in self.RESEARCH:
+            from flows import cli_research
+
+            return getattr(cli_research, self.RESEARCH[name])
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("-v", "--verbose", is_flag=True, help="Show Prefect and Ray logs.")
 @click.pass_context
 def main(ctx: click.Context, verbose: bool) -> None:
@@ -264,12 +282,6 @@ def gc(output, input_, apply_) -> None:
     elif stale.sources or stale.temp_files:
         click.echo("  (nothing removed: pass --apply to remove them)")
     print_summary("gc summary", summary, list(summary))
-
-
-from flows.cli_research import dataset, evaluate, metrics_cmd, train  # noqa: E402  (they need `main`'s helpers only)
-
-for command in (evaluate, metrics_cmd, dataset, train):
-    main.add_command(command)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ holds the hash of both).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import defaultdict
 
@@ -14,23 +15,23 @@ from prefect import flow, get_run_logger
 from flows._setup import flow_setup
 from flows._summary import publish_summary
 from flows.index import index_gallery
-from rasr import catalog, options, storage
-from rasr.dataset import DATASET_SCHEMA, DatasetConfig, samples, split_category
-from rasr.encoders import load_encoder
-from rasr.gallery import Gallery
+from rasr import catalog, storage
+from rasr.dataset import DATASET_SCHEMA, DatasetConfig, split_category
+from rasr.gallery import table_name
 from rasr.indexer import IndexConfig
+from tasks.actors import DatasetActor, actor_pool
 from tasks.cluster import Cluster
+from tasks.runtime import ray
 
 
 @flow(name="build-dataset")
 def build_dataset(src: str, out: str, config: DatasetConfig | None = None, cluster: Cluster | None = None,
                   show_progress: bool = False) -> dict:
     """Build a RefDSR training set from SRC (category sub-folders) into OUT; returns a summary."""
-    flow_setup()
+    cfg = config or DatasetConfig()
+    flow_setup(cfg, cluster)
     log = get_run_logger()
     t0 = time.perf_counter()
-    cfg = config or DatasetConfig()
-    options.check(cfg)
     items = [i for i in catalog.list_inputs(src) if i.is_image and "/" in i.relpath]
     if not items:
         raise ValueError(f"no images in category sub-folders under {storage.redact(src)} (expected SRC/<category>/<image>)")
@@ -52,16 +53,17 @@ def build_dataset(src: str, out: str, config: DatasetConfig | None = None, clust
     db = storage.join(out, "refs.lance")
     index_gallery(storage.join(out, "reference"), db, IndexConfig(encoder=cfg.encoder, table="reference"), cluster,
                   show_progress=show_progress)
-    gallery = Gallery.open(db, "reference", encoder=cfg.encoder)
-    enc = load_encoder(cfg.encoder)
 
-    def retrieve(gt, category: str) -> tuple[list[str], list[float]]:
-        hits = gallery.search(enc.encode([gt]), k=cfg.top_k, category=category)[0]
-        return [h.uri for h in hits], [h.similarity for h in hits]
-
-    # 2. HR crops of train/test images, top-k references of each training GT within its category,
-    # self-reference pairs
-    rows, skipped = samples(splits, cfg, out, retrieve)
+    # 2. per category on actors (each holds the encoder and the reference DB): HR crops of the train/test
+    # images, the top-k references of each training GT within its category, self-reference pairs
+    as_dicts = {c: {k: [dataclasses.asdict(i) for i in sp[k]] for k in ("train", "test")} for c, sp in splits.items()}
+    table = table_name("reference", cfg.encoder)
+    rows, skipped = [], []
+    with actor_pool(DatasetActor, db, table, cluster=cluster) as pool:
+        calls = [pool.next().samples.remote({c: sp}, dataclasses.asdict(cfg), out) for c, sp in as_dicts.items()]
+        for r, s in ray.get(calls):  # in category order: the same rows, in the same order, as one process
+            rows += r
+            skipped += s
     storage.write_parquet(storage.join(out, "dataset.parquet"), rows, DATASET_SCHEMA)
     summary = {"src": storage.redact(src), "out": storage.redact(out), "categories": len(splits),
                "train": sum(r["split"] == "train" and r["kind"] == "retrieval" for r in rows),

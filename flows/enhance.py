@@ -37,12 +37,12 @@ def enhance_archive(input: str, output: str, config: EnhanceConfig | None = None
 
     config: what to produce and how (rasr.enhance_run.EnhanceConfig); cluster: where the actors run.
     since: only inputs modified at or after this epoch time are considered (the nightly watermark)."""
-    flow_setup()
+    cfg = config or EnhanceConfig()
+    flow_setup(cfg, cluster)
     log = get_run_logger()
     t0 = time.perf_counter()
     started = dt.datetime.now(dt.timezone.utc)
     run_id = runlog.new_run_id()
-    cfg = config or EnhanceConfig()
     check_inputs(cfg, input, output)
     cfg_hash = cfg.hash()
     work = plan(cfg, input, output, since)

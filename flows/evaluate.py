@@ -7,6 +7,7 @@ summary Parquet, Table 1 / Table 5 Markdown, HTML report, Prefect artifacts. Res
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pyarrow as pa
@@ -17,6 +18,7 @@ from flows._setup import flow_setup
 from flows._summary import publish_summary
 from rasr import catalog, evalsets, manifest, metrics, report, runlog, storage
 from rasr.evaluate import EVAL_SCHEMA, REF_MODES, RETRIEVAL_DIR, RETRIEVAL_SCHEMA, EvalConfig
+from rasr.metrics import ScoreConfig
 from tasks.actors import EvalActor
 from tasks.cluster import Cluster
 from tasks.shards import process_shards
@@ -24,36 +26,29 @@ from tasks.shards import process_shards
 
 
 @flow(name="evaluate")
-def evaluate(hr: str, out: str, methods: list[str] = ("bicubic", "realesrgan"), ref_modes: list[str] = ("retrieved",),
-             db: str | None = None, table: str | None = None, lr_dir: str | None = None, pairs: str | None = None,
-             encoders: list[str] = (), table5_method: str | None = None, baseline: str | None = "bicubic",
-             seed: int = 0, crop: int = 0, metric_names: list[str] = tuple(metrics.METRICS), crop_border: int = 0,
-             weights: dict | None = None, generator_options: dict | None = None, tile: int = 256,
-             color_fix: str = "none", dtype: str = "fp32", shard_size: int = 32, cluster: Cluster | None = None,
-             report_examples: int = 3, show_progress: bool = False) -> dict:
-    """Evaluate `methods` on the HR test set `hr` into `out`; returns the summary and table texts."""
-    flow_setup()
+def evaluate(hr: str, out: str, config: EvalConfig | None = None, cluster: Cluster | None = None,
+             show_progress: bool = False) -> dict:
+    """Evaluate `config.methods` on the HR test set `hr` into `out`; returns the summary and table texts."""
+    cfg = config or EvalConfig()
+    flow_setup(cfg, cluster)
     log = get_run_logger()
     t0 = time.perf_counter()
     run_id = runlog.new_run_id()
-    for mode in ref_modes:
+    for mode in cfg.ref_modes:
         if mode not in REF_MODES:
             raise ValueError(f"unknown reference mode {mode!r}: choose from {', '.join(REF_MODES)}")
+    if "given" in cfg.ref_modes and not cfg.pairs_file:
+        raise ValueError("reference mode 'given' needs --pairs CSV (columns image,ref)")
     items = [i for i in catalog.list_inputs(hr) if i.is_image]
     if not items:
         raise ValueError(f"no images under {storage.redact(hr)}")
-    enc_status, extra_encoders, primary = evalsets.encoder_status(db, table, list(encoders))
-    cfg = EvalConfig(methods=list(methods), ref_modes=list(ref_modes), db=db, table=table,
-                     encoders=extra_encoders, table5_method=table5_method,
-                     pairs=evalsets.read_pairs(pairs, items) if pairs else {},
-                     lr_files=evalsets.match_lr(lr_dir, items) if lr_dir else {}, seed=seed, crop=crop,
-                     metrics=list(metric_names), crop_border=crop_border, weights=weights or {},
-                     generator_options=generator_options or {}, tile=tile, color_fix=color_fix, dtype=dtype)
-    if "given" in ref_modes and not pairs:
-        raise ValueError("reference mode 'given' needs --pairs CSV (columns image,ref)")
+    enc_status, extra_encoders, primary = evalsets.encoder_status(cfg.db, cfg.table, list(cfg.encoders))
+    cfg = dataclasses.replace(cfg, encoders=extra_encoders,
+                              pairs=evalsets.read_pairs(cfg.pairs_file, items) if cfg.pairs_file else {},
+                              lr_files=evalsets.match_lr(cfg.lr_dir, items) if cfg.lr_dir else {})
     cfg_hash = cfg.hash()
     done = catalog.covered(catalog.done_markers(out), cfg_hash)
-    shards = catalog.plan(items, done, cfg_hash, shard_size)
+    shards = catalog.plan(items, done, cfg_hash, cfg.shard_size)
     todo = sum(len(s.items) for s in shards)
     log.info(f"{len(items)} test images, {len(items) - todo} already evaluated, {todo} to go in {len(shards)} shards")
     schemas = {catalog.MANIFEST_DIR: EVAL_SCHEMA, RETRIEVAL_DIR: RETRIEVAL_SCHEMA}
@@ -64,12 +59,12 @@ def evaluate(hr: str, out: str, methods: list[str] = ("bicubic", "realesrgan"), 
     rows = manifest.read_table(out, catalog.MANIFEST_DIR, EVAL_SCHEMA).to_pandas()
     rows = rows[rows["relpath"].isin({i.relpath for i in items})]
     retrieval = manifest.read_table(out, RETRIEVAL_DIR, RETRIEVAL_SCHEMA).to_pandas()
-    status = {**metrics.status(list(metric_names)), "fid": metrics.check("fid")}
+    status = {**metrics.status(list(cfg.metrics)), "fid": metrics.check("fid")}
     summary = report.summarize(rows, evalsets.fid_per_run(rows))
-    table1 = report.table1_markdown(summary, status, baseline)
-    table5 = report.table5_markdown(retrieval, summary, enc_status, table5_method, primary) if db else None
-    table5_page = report.table5_html(retrieval, summary, enc_status, table5_method, primary) if db else None
-    html = report.html_report(rows, summary, status, baseline, table5_page, n_examples=report_examples)
+    table1 = report.table1_markdown(summary, status, cfg.baseline)
+    table5 = report.table5_markdown(retrieval, summary, enc_status, cfg.table5_method, primary) if cfg.db else None
+    table5_page = report.table5_html(retrieval, summary, enc_status, cfg.table5_method, primary) if cfg.db else None
+    html = report.html_report(rows, summary, status, cfg.baseline, table5_page, n_examples=cfg.examples)
     storage.write_bytes(storage.join(out, "report.html"), html.encode())
     storage.write_bytes(storage.join(out, "table1.md"), (table1 + "\n").encode())
     if table5:
@@ -95,15 +90,18 @@ def evaluate(hr: str, out: str, methods: list[str] = ("bicubic", "realesrgan"), 
 
 
 @flow(name="score-folder")
-def score_folder(pred: str, gt: str, out: str | None = None, metric_names: list[str] = tuple(metrics.METRICS),
-                 crop_border: int = 0, show_progress: bool = False) -> dict:
+def score_folder(pred: str, gt: str, out: str | None = None, config: ScoreConfig | None = None,
+                 show_progress: bool = False) -> dict:
     """Score images produced by any tool against ground truth matched by file name (`rasr metrics`)."""
     from tqdm import tqdm
 
+    cfg = config or ScoreConfig()
+    flow_setup(cfg)
+    names = list(cfg.metrics)
     pairs, unmatched = evalsets.pair_by_name(pred, gt)
-    df, status = evalsets.score_pairs(pairs, list(metric_names), crop_border,
+    df, status = evalsets.score_pairs(pairs, names, cfg.crop_border,
                                       lambda it: tqdm(it, desc="scoring", unit="img", disable=not show_progress))
-    means, summary = evalsets.score_summary(df, status, list(metric_names), pred, gt)
+    means, summary = evalsets.score_summary(df, status, names, pred, gt)
     table = report.table1_markdown(summary, {**status}, None)
     result = {"pairs": len(pairs), "unmatched": unmatched, "failed": int((df["status"] == "error").sum()),
               "means": means, "status": status, "table": table}

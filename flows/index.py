@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger
 
 from flows._setup import flow_setup
 from flows._summary import publish_summary
-from rasr import catalog, options, storage
+from rasr import catalog, storage
 from rasr.encoders import DEFAULT_ENCODER, load_encoder
 from rasr.gallery import Gallery, table_encoder
 from rasr.indexer import IndexConfig, hygiene, plan_index
@@ -31,10 +31,9 @@ def index_gallery(gallery: str, db: str, config: IndexConfig | None = None, clus
     """Embed a gallery folder or s3:// prefix into a LanceDB table; only new/changed files are embedded.
 
     config.encoder None: the encoder of the gallery's existing table in `db`, else DEFAULT_ENCODER."""
-    flow_setup()
-    log = get_run_logger()
     cfg = config or IndexConfig()
-    options.check(cfg)
+    flow_setup(cfg, cluster)
+    log = get_run_logger()
     table, encoder_weights, batch_size, shard_size = cfg.table, cfg.encoder_weights, cfg.batch_size, cfg.shard_size
     encoder = cfg.encoder or table_encoder(db, table) or DEFAULT_ENCODER
     t0 = time.perf_counter()

@@ -34,7 +34,7 @@ def read_watermark(output: str) -> dict | None:
 def nightly_enhance(input: str, output: str, config: EnhanceConfig | None = None, cluster: Cluster | None = None,
                     grace_seconds: float = 3600.0) -> dict:
     """Enhance the inputs that are new since the watermark, then move the watermark forward."""
-    flow_setup()
+    flow_setup(config, cluster)
     log = get_run_logger()
     wm = read_watermark(output)
     listed_at = time.time()

@@ -12,7 +12,7 @@ from prefect import flow
 
 from flows._setup import flow_setup
 from flows._summary import publish_summary
-from rasr import catalog, options, search, storage
+from rasr import catalog, search, storage
 from rasr.search import SearchConfig
 from tasks import progress
 from tasks.actors import SearchActor, actor_pool
@@ -26,9 +26,8 @@ CHUNK = 64  # queries per actor call
 def search_batch(queries: list[str], db: str, out: str | None = None, config: SearchConfig | None = None,
                  cluster: Cluster | None = None, show_progress: bool = False) -> dict:
     """Search every query image (files, folders or s3:// prefixes); write the rows to `out` if given."""
-    flow_setup()
     cfg = config or SearchConfig()
-    options.check(cfg)
+    flow_setup(cfg, cluster)
     t0 = time.perf_counter()
     items = [it for q in queries for it in catalog.list_inputs(q)]
     rows: list[dict] = []

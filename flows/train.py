@@ -18,8 +18,8 @@ from prefect import flow, get_run_logger
 from flows._setup import flow_setup
 from flows._summary import publish_summary
 from rasr import storage
-from rasr.losses import LossWeights
 from rasr.train import TrainConfig, Trainer, latest_checkpoint
+from tasks.cluster import TrainScaling
 from tasks.runtime import init_ray
 
 
@@ -63,30 +63,22 @@ def ray_train_dir(out: str) -> str | None:
 
 
 @flow(name="train-refdsr")
-def train_refdsr(dataset: str, out: str, sd_base: str | None = None, osediff_weights: str | None = None,
-                 init_branch: str | None = None, steps: int = 1000, batch_size: int = 4, grad_accum: int = 1,
-                 lr: float = 5e-5, crop: int = 512, precision: str = "fp32", seed: int = 0,
-                 checkpoint_every: int = 100, fusion_scale: float = 1.0, loss_weights: dict | None = None,
-                 vgg_weights: str | None = None, dino_weights: str | None = None, fixed_batch: bool = False,
-                 engine: str = "local", workers: int = 1, use_gpu: bool = False, cpus_per_worker: float = 1.0,
-                 ray_address: str | None = None, device: str | None = None) -> dict:
-    """Train RefDSR's reference branch on DATASET; checkpoints (resumable) under OUT."""
-    flow_setup()
+def train_refdsr(config: TrainConfig, scaling: TrainScaling | None = None) -> dict:
+    """Train RefDSR's reference branch on config.dataset; checkpoints (resumable) under config.out."""
+    cfg, where = config, scaling or TrainScaling()
+    flow_setup(cfg, where)
     log = get_run_logger()
     t0 = time.perf_counter()
-    w = asdict(LossWeights(**(loss_weights or {})))  # the paper's weights, overridden by name
-    cfg = TrainConfig(dataset=dataset, out=out, sd_base=sd_base, osediff_weights=osediff_weights,
-                      init_branch=init_branch, steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
-                      crop=crop, precision=precision, seed=seed, checkpoint_every=checkpoint_every,
-                      fusion_scale=fusion_scale, vgg_weights=vgg_weights, dino_weights=dino_weights,
-                      fixed_batch=fixed_batch, **w)
+    if not cfg.dataset or not cfg.out:
+        raise ValueError("the training config needs `dataset` (made by `rasr dataset build`) and `out`")
+    out, steps, engine = cfg.out, cfg.steps, where.engine
     before = latest_checkpoint(out)
     if before and before["step"] >= steps:
         log.info(f"already trained to step {before['step']}: nothing to do")
         return {"out": storage.redact(out), "step": before["step"], "branch": before["branch"], "resumed_from": before["step"],
                 "history": [], "losses": None}
     if engine == "local":
-        t = Trainer(cfg, device=device)
+        t = Trainer(cfg, device=where.device)
         t.resume()
         start = t.step
         history = t.run()
@@ -95,10 +87,10 @@ def train_refdsr(dataset: str, out: str, sd_base: str | None = None, osediff_wei
         from ray.train import RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
 
-        init_ray(ray_address)
-        resources = {"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+        init_ray(where.ray_address)
+        resources = {"CPU": where.cpus_per_worker, **({"GPU": 1} if where.use_gpu else {})}
         trainer = TorchTrainer(_ray_worker_loop, train_loop_config=asdict(cfg),
-                               scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                               scaling_config=ScalingConfig(num_workers=where.workers, use_gpu=where.use_gpu,
                                                             resources_per_worker=resources),
                                run_config=RunConfig(name=f"rasr-train-{os.getpid()}", storage_path=ray_train_dir(out)))
         trainer.fit()
@@ -108,7 +100,7 @@ def train_refdsr(dataset: str, out: str, sd_base: str | None = None, osediff_wei
     else:
         raise ValueError(f"unknown engine {engine!r}: choose local or ray")
     rec = latest_checkpoint(out)
-    summary = {"out": storage.redact(out), "engine": engine, "workers": workers, "resumed_from": start,
+    summary = {"out": storage.redact(out), "engine": engine, "workers": where.workers, "resumed_from": start,
                "step": rec["step"], "branch": storage.redact(rec["branch"]),
                "final_loss": history[-1]["total"] if history else None,
                "seconds": round(time.perf_counter() - t0, 2)}

@@ -107,10 +107,11 @@ def stable_seed(*parts) -> int:
 
 
 def samples(splits: dict[str, dict[str, list[Item]]], cfg: DatasetConfig, out: str,
-            retrieve: Callable[[np.ndarray, str], tuple[list[str], list[float]]]) -> tuple[list[dict], list[dict]]:
+            retrieve: Callable[[np.ndarray, str, int], tuple[list[str], list[float]]]) -> tuple[list[dict], list[dict]]:
     """Write the HR crops of every train/test image (and its self-reference pairs) under `out`; returns
-    (dataset rows, skipped sources). retrieve(gt, category) -> (reference uris, similarities) of a
-    training GT; a source that cannot be decoded or cropped is skipped with its reason."""
+    (dataset rows, skipped sources). retrieve(gt, category, k) -> (reference uris, similarities) of a
+    training GT (rasr.search.Searcher.retrieve); a source that cannot be decoded or cropped is skipped
+    with its reason."""
     rows, skipped = [], []
     for cat, sp in splits.items():
         for split in ("train", "test"):
@@ -123,7 +124,7 @@ def samples(splits: dict[str, dict[str, list[Item]]], cfg: DatasetConfig, out: s
                     continue
                 gt_uri = storage.join(out, split, os.path.splitext(it.relpath)[0] + ".png")
                 write_png(gt_uri, gt)
-                refs, sims = retrieve(gt, cat) if split == "train" else ([], [])
+                refs, sims = retrieve(gt, cat, cfg.top_k) if split == "train" else ([], [])
                 rows.append({"split": split, "kind": "retrieval", "category": cat, "gt_uri": gt_uri,
                              "source_uri": it.uri, "crop_box": box, "ref_uris": refs, "ref_similarities": sims})
                 if split == "train":

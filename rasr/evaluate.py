@@ -14,7 +14,7 @@ import datetime as dt
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -22,7 +22,9 @@ import pyarrow as pa
 from rasr import catalog, images, storage
 from rasr.catalog import Item
 from rasr.dataset import stable_seed
-from rasr.metrics import METRICS, NIQE_MIN_SIZE, MetricSuite
+from rasr.colorfix import COLOR_FIXES
+from rasr.metrics import METRICS, NIQE_MIN_SIZE, MetricSuite, ScoreConfig
+from rasr.options import STRICT, option
 
 REF_MODES = ("retrieved", "random", "none", "given")
 RETRIEVAL_DIR = "retrieval"
@@ -47,37 +49,54 @@ RETRIEVAL_SCHEMA = pa.schema([
     pa.field("similarity", pa.float32()), pa.field("match", pa.bool_()), pa.field("run_id", pa.string())])
 
 
-@dataclass
-class EvalConfig:
-    """What an evaluation run computes (hashed: a changed config re-evaluates)."""
+# what `identity` leaves out: where the inputs were read from (their contents are in pairs / lr_files),
+# and how the run is shown and sharded
+NOT_HASHED = ("device", "batch_size", "pairs_file", "lr_dir", "baseline", "examples", "shard_size")
 
-    methods: list[str] = field(default_factory=lambda: ["bicubic", "realesrgan"])
-    ref_modes: list[str] = field(default_factory=lambda: ["retrieved"])
-    db: str | None = None
-    table: str | None = None                 # gallery name (tables <table>__<encoder>) or full table name
-    encoders: list[str] = field(default_factory=list)  # extra retrieval encoders for Table 5
-    table5_method: str | None = None         # a reference method run with every encoder's references
-    pairs: dict[str, str] = field(default_factory=dict)   # relpath -> reference uri ("given" mode)
-    lr_files: dict[str, str] = field(default_factory=dict)  # relpath -> existing LR uri (else degrade)
-    seed: int = 0
-    crop: int = 0                            # centre-crop HR to crop x crop first (0 = whole image)
-    metrics: list[str] = field(default_factory=lambda: list(METRICS))
-    crop_border: int = 0
-    weights: dict[str, str] = field(default_factory=dict)  # method -> weights reference
-    generator_options: dict = field(default_factory=dict)
-    tile: int = 256
-    overlap: int = 32
-    color_fix: str = "none"
-    dtype: str = "fp32"
-    save_images: bool = True
-    max_pixels: int = images.DEFAULT_MAX_PIXELS
-    device: str | None = None                # not hashed
-    batch_size: int = 4                      # not hashed
+
+@dataclass
+class EvalConfig(ScoreConfig):
+    """What an evaluation run computes (hashed: a changed config re-evaluates) and how it is shown; the
+    metrics and the PSNR/SSIM border are ScoreConfig's."""
+
+    __pydantic_config__ = STRICT
+
+    methods: list[str] = option(help="Methods: bicubic, realesrgan, osediff, refdsr (comma-separated).",
+                                factory=lambda: ["bicubic", "realesrgan"])
+    ref_modes: list[str] = option(help="References for reference-based methods: retrieved, random, none, given "
+                                       "(comma-separated).", factory=lambda: ["retrieved"])
+    db: str | None = option(None, "Gallery LanceDB (needed by retrieved/random references and Table 5).")
+    table: str | None = option(None, "Table or gallery name (needed when the DB holds several).")
+    encoders: list[str] = option(help="Extra retrieval encoders for Table 5, e.g. dinov2,clip,vgg16.", factory=list)
+    table5_method: str | None = option(None, "Reference method to run with each encoder's references.")
+    pairs_file: str | None = option(None, "CSV image,ref for the 'given' mode (as WR-SR pairs).", flags=("--pairs",))
+    lr_dir: str | None = option(None, "Use these LR files (matched by relative path) instead of degrading.")
+    pairs: dict[str, str] = option(help="relpath -> reference uri ('given' mode; read from pairs_file)",
+                                   factory=dict, cli=False)
+    lr_files: dict[str, str] = option(help="relpath -> existing LR uri (else degrade; matched in lr_dir)",
+                                      factory=dict, cli=False)
+    seed: int = option(0, "Degradation seed (per image: hash of seed + path).")
+    crop: int = option(0, "Centre-crop HR images to CROP x CROP first (0 = whole image).", low=0)
+    weights: dict[str, str] = option(help="Weights per method, e.g. realesrgan=/w/x4.pth (repeatable).", factory=dict,
+                                     flags=("--method-weights", "--weights"), metavar="METHOD=REF")
+    generator_options: dict = option(help="osediff_weights, refdsr_weights, fusion_scale...", factory=dict, cli=False)
+    tile: int = option(256, "Tile size in input (LR) pixels (0 = never tile).", low=0)
+    overlap: int = option(32, "Overlap of neighbouring tiles in input (LR) pixels.", flags=("--tile-overlap",), low=0)
+    color_fix: str = option("none", "Colour correction of the output towards the input.", choices=tuple(COLOR_FIXES))
+    dtype: str = option("fp32", "Model precision.", flags=("--precision",), choices=("fp32", "fp16", "bf16"))
+    save_images: bool = option(True, "Keep the LR and SR images of every method.", cli=False)
+    max_pixels: int = option(images.DEFAULT_MAX_PIXELS, "HR images above this many pixels fail with a reason.", low=1,
+                             cli=False)
+    device: str | None = option(None, "Torch device (default: the worker's accelerator).", cli=False)
+    batch_size: int = option(4, "Images per model call.", cli=False)
+    baseline: str | None = option("bicubic", "Method the deltas of Table 1 refer to.")
+    examples: int = option(3, "Best and worst images shown per method in the report.", low=0)
+    shard_size: int = option(32, "Test images per shard (unit of resume).", low=1)
 
     def identity(self) -> dict:
         d = asdict(self)
-        d.pop("device")
-        d.pop("batch_size")
+        for k in NOT_HASHED:
+            d.pop(k)
         d["db"] = storage.redact(self.db) if self.db else None
         return d
 

@@ -41,6 +41,7 @@ import torch
 
 from rasr import images, niqe_prior, weights
 from rasr.devices import pick_device
+from rasr.options import STRICT, option
 
 METRICS = ("psnr", "ssim", "lpips", "dists", "niqe", "musiq", "clipiqa")  # per image
 SET_METRICS = ("fid",)
@@ -49,6 +50,18 @@ LOWER_IS_BETTER = ("lpips", "dists", "niqe", "fid")
 PSNR_CAP = 10 * math.log10(1 / 1e-8)  # 80 dB: pyiqa's eps on the MSE, reached by identical images
 NIQE_MIN_SIZE = 96  # NIQE works on 96x96 blocks; smaller images have none
 OK = "ok"
+
+
+@dataclass
+class ScoreConfig:
+    """What is scored: the per-image metrics and the border left out of PSNR/SSIM (`rasr metrics`; the
+    evaluation's EvalConfig extends it)."""
+
+    __pydantic_config__ = STRICT
+
+    metrics: list[str] = option(help="Per-image metrics (FID is added per set when its weights exist).",
+                                factory=lambda: list(METRICS))
+    crop_border: int = option(0, "Pixels shaved per side for PSNR/SSIM.", low=0)
 
 # pyiqa options per metric; niqe gets its prior path at build time.
 _PYIQA_OPTIONS = {

@@ -52,6 +52,11 @@ class Searcher:
         self.gallery.configure(self.encoder)
         self.max_pixels = max_pixels
 
+    def retrieve(self, rgb, category: str | None, k: int) -> tuple[list[str], list[float]]:
+        """(uris, similarities) of the k references nearest to one decoded image (a dataset's GT crop)."""
+        hits = self.gallery.search(self.encoder.encode([rgb]), k=k, category=category)[0]
+        return [h.uri for h in hits], [h.similarity for h in hits]
+
     def search(self, items: list[Item], k: int = 5, category: str | None = None) -> list[dict]:
         """One row per item, in order; an identical image (same sha256) is never its own reference."""
         rows, decoded, ids, at = [], [], [], []

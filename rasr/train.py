@@ -20,7 +20,7 @@ import io
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -31,6 +31,7 @@ from rasr import images, storage
 from rasr.dataset import stable_seed
 from rasr.devices import DTYPES, pick_device
 from rasr.losses import PAPER_WEIGHTS, TERMS, LossWeights, TrainingLoss
+from rasr.options import STRICT, option
 
 log = logging.getLogger("rasr.train")
 CKPT_DIR = "checkpoints"
@@ -40,29 +41,32 @@ CKPT_DIR = "checkpoints"
 class TrainConfig:
     """Defaults follow the paper where it says (AdamW 5e-5, fusion 1.0 in training, loss weights)."""
 
-    dataset: str = ""                 # folder made by `rasr dataset build` (dataset.parquet inside)
-    out: str = ""                     # checkpoints go to <out>/checkpoints (local or s3://)
-    sd_base: str | None = None        # SD-2.1-base (folder, s3:// or hub id); default $RASR_SD_BASE
-    osediff_weights: str | None = None
-    init_branch: str | None = None    # start from a saved branch instead of zeros
-    steps: int = 1000
-    batch_size: int = 4               # per optimiser step and worker, before accumulation
-    grad_accum: int = 1
-    lr: float = 5e-5
-    crop: int = 512                   # HR training crop (multiple of the model's 64 px)
-    precision: str = "fp32"           # fp32 | bf16 | fp16 (autocast; fp16 uses a grad scaler)
-    seed: int = 0
-    checkpoint_every: int = 100
-    fusion_scale: float = 1.0
-    mse: float = PAPER_WEIGHTS.mse    # loss weights: flat fields, so checkpoints' state.json keeps its shape
-    lpips: float = PAPER_WEIGHTS.lpips
-    gram: float = PAPER_WEIGHTS.gram
-    gan: float = PAPER_WEIGHTS.gan
-    vgg_weights: str | None = None
-    dino_weights: str | None = None
-    fixed_batch: bool = False         # reuse step 0's batch every step (overfitting checks)
-    log_every: int = 10
-    extra: dict = field(default_factory=dict)
+    __pydantic_config__ = STRICT
+
+    dataset: str = option("", "Folder made by `rasr dataset build` (dataset.parquet inside).", cli=False)
+    out: str = option("", "Checkpoints go to <out>/checkpoints (local or s3://).", cli=False)
+    sd_base: str | None = option(None, "SD-2.1-base: folder, s3:// or hub id.", envvar="RASR_SD_BASE")
+    osediff_weights: str | None = option(None, "OSEDiff LoRA (osediff.pkl).", envvar="RASR_OSEDIFF_WEIGHTS")
+    init_branch: str | None = option(None, "Start from a saved reference branch instead of zeros.")
+    steps: int = option(1000, "Optimiser steps to train to (a rerun resumes from the latest checkpoint).", low=1)
+    batch_size: int = option(4, "Per worker and micro-batch.", low=1)
+    grad_accum: int = option(1, "Micro-batches per optimiser step.", low=1)
+    lr: float = option(5e-5, "AdamW learning rate.", low=0)
+    crop: int = option(512, "HR training crop (multiple of 64).", low=64)
+    precision: str = option("fp32", "Autocast precision (fp16 uses a grad scaler).", choices=("fp32", "bf16", "fp16"))
+    seed: int = option(0, "Seed of the crops, the degradations and the branch's initialisation.")
+    checkpoint_every: int = option(100, "Steps between checkpoints.", low=1)
+    fusion_scale: float = option(1.0, "RefDSR reference fusion weight while training.")
+    # loss weights: flat fields, so checkpoints' state.json keeps its shape (command line: --loss NAME=WEIGHT)
+    mse: float = option(PAPER_WEIGHTS.mse, "MSE loss weight.", cli=False)
+    lpips: float = option(PAPER_WEIGHTS.lpips, "LPIPS loss weight.", cli=False)
+    gram: float = option(PAPER_WEIGHTS.gram, "Gram (VGG style) loss weight.", cli=False)
+    gan: float = option(PAPER_WEIGHTS.gan, "GAN loss weight.", cli=False)
+    vgg_weights: str | None = option(None, "torchvision vgg16 .pth for the Gram loss.")
+    dino_weights: str | None = option(None, "DINOv2 (folder or hub id) for the GAN discriminator.")
+    fixed_batch: bool = option(False, "Reuse step 0's batch every step (overfitting checks).", cli=False)
+    log_every: int = option(10, "Steps between log lines.", cli=False)
+    extra: dict = option(help="Free-form settings recorded with the checkpoints.", factory=dict, cli=False)
 
     def loss_weights(self) -> LossWeights:
         """The four loss-weight fields as the LossWeights that TrainingLoss takes."""

@@ -162,6 +162,24 @@ class SearchActor(_Located):
         return self.searcher.search([Item(**i) for i in items], k, category)
 
 
+@ray.remote(max_restarts=3, max_task_retries=1)
+class DatasetActor(_Located):
+    """Holds the reference DB's encoder and gallery; makes the samples of one category at a time."""
+
+    def __init__(self, db: str, table: str, cpus: float):
+        _threads(cpus)
+        from rasr.search import Searcher
+
+        self.searcher = Searcher(db, table)
+
+    def samples(self, splits: dict, cfg: dict, out: str) -> tuple[list[dict], list[dict]]:
+        from rasr.catalog import Item
+        from rasr.dataset import DatasetConfig, samples
+
+        splits = {c: {k: [Item(**i) for i in v] for k, v in sp.items()} for c, sp in splits.items()}
+        return samples(splits, DatasetConfig(**cfg), out, self.searcher.retrieve)
+
+
 def root_cause(e: BaseException) -> str:
     """The original exception's last line from a Ray error (whose text holds remote tracebacks)."""
     cause = getattr(e, "cause", None)

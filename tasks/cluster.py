@@ -21,6 +21,10 @@ def parse_resources(text: str | None) -> dict:
         raise ValueError(f'--worker-resources must be a JSON object like {{"gpu_worker": 1}}, got {text!r}') from None
 
 
+def ray_address_option():
+    return option(None, "Ray cluster to use (default $RAY_ADDRESS, else a local Ray).", envvar="RAY_ADDRESS")
+
+
 @dataclass
 class Cluster:
     """Where a flow's actors run: every flow that starts actors takes one (command line: the worker
@@ -33,6 +37,20 @@ class Cluster:
                                                  "GPUs, else 0).", low=0)
     worker_resources: dict = option(help='Custom Ray resources per actor, e.g. \'{"gpu_worker": 1}\'.', factory=dict,
                                     metavar="JSON", parse=parse_resources)
-    ray_address: str | None = option(None, "Ray cluster to use (default $RAY_ADDRESS, else a local Ray).",
-                                     envvar="RAY_ADDRESS")
+    ray_address: str | None = ray_address_option()
+
+
+@dataclass
+class TrainScaling:
+    """Where training runs: in this process, or data parallel on Ray Train (one worker per GPU)."""
+
+    __pydantic_config__ = STRICT
+
+    engine: str = option("local", "local: one process; ray: data parallel on Ray Train (TorchTrainer).",
+                         choices=("local", "ray"))
+    workers: int = option(1, "Ray Train workers (one per GPU).", low=1)
+    use_gpu: bool = option(False, "One GPU per Ray Train worker.", flags=("--gpu",))
+    cpus_per_worker: float = option(1.0, "CPUs per Ray Train worker.", low=0)
+    ray_address: str | None = ray_address_option()
+    device: str | None = option(None, "Torch device of the local engine (default: the best available).", cli=False)
 

@@ -82,8 +82,13 @@ def prefect(env, *args, timeout=600, **kw):
 def test_deployments_on_a_real_server(server, sample_dirs, tmp_path):
     archive, out, db = tmp_path / "archive", tmp_path / "out", tmp_path / "refs.lance"
     shutil.copytree(sample_dirs["archive"], archive)
+    gallery = tmp_path / "gallery"  # one photo per category: the deployment's flow run is what is tested here
+    for cat in sorted(os.listdir(sample_dirs["gallery"])):
+        first = sorted(os.listdir(os.path.join(sample_dirs["gallery"], cat)))[0]
+        (gallery / cat).mkdir(parents=True)
+        shutil.copy(os.path.join(sample_dirs["gallery"], cat, first), gallery / cat / first)
     env = {**server, "PWD": str(ROOT), "RASR_ARCHIVE": str(archive), "RASR_OUTPUT": str(out), "RASR_DB": str(db),
-           "RASR_GALLERY": sample_dirs["gallery"], "RASR_EVAL_SET": str(tmp_path / "eval"),
+           "RASR_GALLERY": str(gallery), "RASR_EVAL_SET": str(tmp_path / "eval"),
            "RASR_EVAL_OUT": str(tmp_path / "eval-out"), "RASR_DATASET": str(tmp_path / "ds"),
            "RASR_TRAIN_OUT": str(tmp_path / "train")}
     prefect(env, "work-pool", "create", "rasr-process", "--type", "process")

@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from flows.evaluate import evaluate, score_folder
-from flows.index import index_gallery
 from rasr import catalog, manifest
-from rasr.evaluate import EVAL_SCHEMA, prepare_hr
+from rasr.evaluate import EVAL_SCHEMA, EvalConfig, prepare_hr
+from rasr.metrics import ScoreConfig
 from rasr.samples import as_rgb, load_photo
 from tests import browser
 
@@ -33,13 +33,6 @@ def hr_set(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def db(tmp_path_factory, sample_dirs, prefect_harness, ray_session):
-    path = str(tmp_path_factory.mktemp("db") / "refs.lance")
-    index_gallery(sample_dirs["gallery"], path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def result(flows_env, hr_set, db, tiny_diffusion, niqe_prior, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
     pairs = out / "pairs.csv"
@@ -47,14 +40,16 @@ def result(flows_env, hr_set, db, tiny_diffusion, niqe_prior, tmp_path_factory):
         w = csv.writer(f)
         w.writerow(["image", "ref"])
         w.writerow(["chelsea.png", str(hr_set / "food" / "coffee.png")])
-    res = evaluate(str(hr_set), str(out / "run"), methods=["bicubic", "realesrgan", "refdsr"],
-                   ref_modes=["retrieved", "random", "none", "given"], db=db, pairs=str(pairs),
-                   encoders=["dinov2", "efficientnet-lite0"], crop=128, shard_size=2,
-                   metric_names=["psnr", "ssim", "lpips", "niqe"],
-                   weights={"refdsr": tiny_diffusion["base"]},
-                   generator_options={"osediff_weights": tiny_diffusion["osediff"],
-                                      "refdsr_weights": tiny_diffusion["branch"]})
+    res = evaluate(str(hr_set), str(out / "run"), eval_config(db, pairs, tiny_diffusion))
     return res, out / "run"
+
+
+def eval_config(db, pairs, tiny_diffusion) -> EvalConfig:
+    return EvalConfig(methods=["bicubic", "realesrgan", "refdsr"], ref_modes=["retrieved", "random", "none", "given"],
+                      db=db, pairs_file=str(pairs), encoders=["dinov2", "efficientnet-lite0"], crop=128, shard_size=2,
+                      metrics=["psnr", "ssim", "lpips", "niqe"], weights={"refdsr": tiny_diffusion["base"]},
+                      generator_options={"osediff_weights": tiny_diffusion["osediff"],
+                                         "refdsr_weights": tiny_diffusion["branch"]})
 
 
 def test_per_image_parquet(result):
@@ -181,12 +176,7 @@ def test_html_tables_mark_the_best_colour_deltas_and_note_missing_files():
 def test_rerun_does_no_work(result, flows_env, hr_set, db, tiny_diffusion):
     res, out = result
     pairs = out.parent / "pairs.csv"
-    again = evaluate(str(hr_set), str(out), methods=["bicubic", "realesrgan", "refdsr"],
-                     ref_modes=["retrieved", "random", "none", "given"], db=db, pairs=str(pairs),
-                     encoders=["dinov2", "efficientnet-lite0"], crop=128, shard_size=2,
-                     metric_names=["psnr", "ssim", "lpips", "niqe"], weights={"refdsr": tiny_diffusion["base"]},
-                     generator_options={"osediff_weights": tiny_diffusion["osediff"],
-                                        "refdsr_weights": tiny_diffusion["branch"]})
+    again = evaluate(str(hr_set), str(out), eval_config(db, pairs, tiny_diffusion))
     assert again["evaluated"] == 0 and again["already_done"] == 4
     assert again["table1"] == res["table1"]
 
@@ -199,8 +189,9 @@ def test_realesrgan_vs_bicubic_matches_common_knowledge(flows_env, niqe_prior, t
         for folder, pic in ((hr, img), (lr, np.asarray(Image.fromarray(img).resize((48, 48), Image.BICUBIC)))):
             (folder / "photos").mkdir(parents=True, exist_ok=True)
             Image.fromarray(pic).save(folder / "photos" / f"{n}.png")
-    res = evaluate(str(hr), str(tmp_path / "out"), methods=["bicubic", "realesrgan"], ref_modes=["none"],
-                   lr_dir=str(lr), metric_names=["psnr", "ssim", "niqe"], shard_size=4)
+    res = evaluate(str(hr), str(tmp_path / "out"), EvalConfig(methods=["bicubic", "realesrgan"], ref_modes=["none"],
+                                                              lr_dir=str(lr), metrics=["psnr", "ssim", "niqe"],
+                                                              shard_size=4))
     summary = {r["method"]: r for r in res["summary"]}
     assert summary["realesrgan"]["psnr"] < summary["bicubic"]["psnr"]
     assert summary["realesrgan"]["niqe"] < summary["bicubic"]["niqe"]
@@ -232,5 +223,5 @@ def test_metrics_cli_json(tmp_path, prefect_harness, niqe_prior):
     assert 15 < means["psnr"] < 40 and 0 < means["ssim"] < 1 and means["niqe"] > 0
     assert means["lpips"] is None and means["fid"] is None
     assert (tmp_path / "m" / "metrics.parquet").exists() and (tmp_path / "m" / "metrics.md").exists()
-    res = score_folder(str(pred), str(gt), metric_names=["psnr"])
+    res = score_folder(str(pred), str(gt), config=ScoreConfig(metrics=["psnr"]))
     assert res["pairs"] == 2 and res["means"]["psnr"] == pytest.approx(means["psnr"], abs=1e-6)

@@ -11,19 +11,24 @@ from flows.cli import main
 from rasr import options
 from rasr.dataset import DatasetConfig
 from rasr.enhance_run import EnhanceConfig
+from rasr.evaluate import EvalConfig
 from rasr.generators import GENERATORS, GeneratorOptions
 from rasr.indexer import IndexConfig
+from rasr.metrics import ScoreConfig
 from rasr.search import SearchConfig
-from tasks.cluster import Cluster
+from rasr.train import TrainConfig
+from tasks.cluster import Cluster, TrainScaling
 
 COMMANDS = {("enhance",): (EnhanceConfig, GeneratorOptions, Cluster), ("index",): (IndexConfig, Cluster),
-            ("search",): (SearchConfig, Cluster), ("dataset", "build"): (DatasetConfig, Cluster)}
+            ("search",): (SearchConfig, Cluster), ("dataset", "build"): (DatasetConfig, Cluster),
+            ("evaluate",): (EvalConfig, GeneratorOptions, Cluster), ("metrics",): (ScoreConfig,),
+            ("train",): (TrainConfig, TrainScaling)}
 
 
 def command(path: tuple[str, ...]) -> click.Command:
     cmd = main
     for name in path:
-        cmd = cmd.commands[name]
+        cmd = cmd.get_command(None, name)
     return cmd
 
 
@@ -35,7 +40,11 @@ def test_every_config_field_is_an_option_with_its_default_and_help(path):
             assert f.name in params, f"{' '.join(path)} lacks the option of {cls.__name__}.{f.name}"
             p = params[f.name]
             default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-            if f.metadata["parse"] is None:
+            if isinstance(default, list):  # comma-separated on the command line
+                assert p.default == ",".join(default) and p.callback(None, p, p.default) == default
+            elif isinstance(default, dict):  # JSON or repeated KEY=VALUE: parsed by the option's callback
+                assert p.callback is not None
+            else:
                 assert p.default == default, f"{f.name}: {p.default!r} != {default!r}"
             assert p.help == f.metadata["help"]
             if options.choices_of(f):
@@ -63,6 +72,20 @@ def test_run_options_do_not_change_what_a_run_produces():
     base = EnhanceConfig()
     assert EnhanceConfig(shard_size=3, follow_symlinks=True, batch_size=9).hash() == base.hash()
     assert EnhanceConfig(top_k=2).hash() != base.hash()
+    ev = EvalConfig()
+    assert EvalConfig(pairs_file="p.csv", lr_dir="lr/", baseline="realesrgan", examples=9, shard_size=1).hash() == ev.hash()
+    assert EvalConfig(metrics=["psnr"]).hash() != ev.hash() and EvalConfig(pairs={"a.png": "r.png"}).hash() != ev.hash()
+
+
+def test_repeated_key_value_and_csv_options():
+    ctx = command(("evaluate",)).make_context("evaluate", [
+        "hr", "out", "--methods", "bicubic, realesrgan", "--weights", "realesrgan=/w/x4.pth", "--method-weights",
+        "refdsr=/w/sd", "--metrics", "psnr,ssim", "--crop-border", "4"])
+    cfg = options.build(EvalConfig, ctx.params)
+    assert cfg.methods == ["bicubic", "realesrgan"] and cfg.metrics == ["psnr", "ssim"] and cfg.crop_border == 4
+    assert cfg.weights == {"realesrgan": "/w/x4.pth", "refdsr": "/w/sd"}
+    with pytest.raises(click.BadParameter, match="expected KEY=VALUE"):
+        command(("evaluate",)).make_context("evaluate", ["hr", "out", "--weights", "x4.pth"])
 
 
 @pytest.mark.parametrize("cfg, message", [
@@ -85,15 +108,17 @@ def test_checks_name_the_option(cfg, message):
 def test_flows_take_the_config_dataclasses():
     from flows.dataset import build_dataset
     from flows.enhance import enhance_archive
+    from flows.evaluate import evaluate, score_folder
     from flows.index import index_gallery
     from flows.nightly import nightly_enhance
     from flows.search import search_batch
+    from flows.train import train_refdsr
 
     for fl, cls in ((enhance_archive, EnhanceConfig), (nightly_enhance, EnhanceConfig), (index_gallery, IndexConfig),
-                    (search_batch, SearchConfig), (build_dataset, DatasetConfig)):
+                    (search_batch, SearchConfig), (build_dataset, DatasetConfig), (evaluate, EvalConfig),
+                    (score_folder, ScoreConfig), (train_refdsr, TrainConfig)):
         params = inspect.signature(fl.fn).parameters
-        assert params["config"].annotation in (f"{cls.__name__} | None", cls | None), fl.name
-        assert "cluster" in params
+        assert params["config"].annotation in (f"{cls.__name__} | None", cls.__name__), fl.name
         # no option of the config is declared a second time as a flow parameter
         assert not {f.name for f in dataclasses.fields(cls)} & set(params), fl.name
 

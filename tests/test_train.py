@@ -13,6 +13,7 @@ from flows.train import train_refdsr
 from rasr.generators import load_generator
 from rasr.samples import as_rgb, load_photo
 from rasr.train import TrainConfig, Trainer, latest_checkpoint
+from tasks.cluster import TrainScaling
 from tests.conftest import tree_snapshot
 from rasr.dataset import DatasetConfig
 from rasr.enhance_run import EnhanceConfig
@@ -123,16 +124,16 @@ def test_bf16_autocast_step_is_finite(ds, tiny_diffusion, tmp_path):
 
 
 def test_train_flow_local_then_ray_train_resume(flows_env, ds, tiny_diffusion, tmp_path):
-    common = dict(sd_base=tiny_diffusion["base"], osediff_weights=tiny_diffusion["osediff"], batch_size=1,
-                  crop=64, checkpoint_every=1)
-    s = train_refdsr(str(ds[0]), str(tmp_path), steps=1, **common)
+    common = dict(dataset=str(ds[0]), out=str(tmp_path), sd_base=tiny_diffusion["base"],
+                  osediff_weights=tiny_diffusion["osediff"], batch_size=1, crop=64, checkpoint_every=1)
+    s = train_refdsr(TrainConfig(steps=1, **common))
     assert s["step"] == 1 and s["resumed_from"] == 0
     # data parallel on Ray Train (2 CPU workers, gloo), resuming the local run's checkpoint
-    s2 = train_refdsr(str(ds[0]), str(tmp_path), steps=2, engine="ray", workers=2, cpus_per_worker=0.5, **common)
+    s2 = train_refdsr(TrainConfig(steps=2, **common), TrainScaling(engine="ray", workers=2, cpus_per_worker=0.5))
     assert s2["step"] == 2 and s2["resumed_from"] == 1 and len(s2["history"]) == 1
     # Ray Train's run state stays beside the checkpoints, never in the working directory
     assert (tmp_path / ".ray-train").is_dir() and not os.path.exists(".ray-train")
-    assert train_refdsr(str(ds[0]), str(tmp_path), steps=2, **common)["history"] == []  # nothing left to do
+    assert train_refdsr(TrainConfig(steps=2, **common))["history"] == []  # nothing left to do
 
 
 def test_checkpoints_on_s3_and_resume_from_there(ds, tiny_diffusion, s3_server):

@@ -71,7 +71,11 @@ def build_model(name: str, weights: str | None = None, osediff_weights: str | No
 
 
 class DiffusionGenerator(Generator):
-    """`osediff` / `refdsr` behind the Generator interface: x4, tiles internally, any batch size."""
+    """`osediff` / `refdsr` behind the Generator interface: x4, tiles internally, any batch size.
+
+    Units: `tile_size` / `tile_overlap` count output (HR) pixels, the SD model's input after the x4
+    upsampling (its latent tiles are 8x smaller); the Restorer's `tile` / `overlap` (--tile,
+    --tile-overlap) count input (LR) pixels and do not apply here (`tiles_internally`)."""
 
     scale = 4
     tiles_internally = True
