@@ -1,5 +1,7 @@
-"""What every flow does first, explicitly (`flow_setup()`): telemetry off and quiet logs, S3
-credentials in place, and secrets kept out of every log record."""
+"""Set-up of a flow, explicit and never on import: `flow` makes flows whose call turns telemetry off
+before Prefect starts (a script calling a flow gets no usage report from Prefect's ephemeral server),
+and `flow_setup()`, the first line of every flow, puts S3 credentials in place, keeps secrets out of
+every log record and checks the flow's configs."""
 
 from __future__ import annotations
 
@@ -7,8 +9,24 @@ import json
 import logging
 import os
 
+import prefect
+
 from rasr import options, storage
 from tasks.runtime import quiet_environment
+
+
+class Flow(prefect.Flow):
+    """A Prefect flow that turns telemetry off when it is called, before Prefect creates the run (and,
+    without PREFECT_API_URL, starts its ephemeral server, which reads these settings once)."""
+
+    def __call__(self, *args, **kwargs):
+        quiet_environment()
+        return super().__call__(*args, **kwargs)
+
+
+def flow(**kwargs):
+    """`@flow(name=...)` as Prefect's, making a `Flow` (above)."""
+    return lambda fn: Flow(fn, **kwargs)
 
 _REDACTING = False
 

@@ -10,9 +10,9 @@ import dataclasses
 import time
 from collections import defaultdict
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 
-from flows._setup import flow_setup
+from flows._setup import flow, flow_setup
 from flows._summary import publish_summary
 from flows.index import index_gallery
 from rasr import catalog, storage

@@ -14,9 +14,9 @@ import datetime as dt
 import time
 from collections import Counter
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 
-from flows._setup import flow_setup
+from flows._setup import flow, flow_setup
 from flows._summary import publish_summary
 from rasr import catalog, images, manifest, runlog, runreport, storage
 from rasr.enhance_run import EnhanceConfig, check_inputs, plan

@@ -11,10 +11,10 @@ import dataclasses
 import time
 
 import pyarrow as pa
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows._setup import flow_setup
+from flows._setup import flow, flow_setup
 from flows._summary import publish_summary
 from rasr import catalog, evalsets, manifest, metrics, report, runlog, storage
 from rasr.evaluate import EVAL_SCHEMA, REF_MODES, RETRIEVAL_DIR, RETRIEVAL_SCHEMA, EvalConfig

@@ -10,9 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 
-from flows._setup import flow_setup
+from flows._setup import flow, flow_setup
 from flows._summary import publish_summary
 from rasr import catalog, storage
 from rasr.encoders import DEFAULT_ENCODER, load_encoder
@@ -34,14 +34,13 @@ def index_gallery(gallery: str, db: str, config: IndexConfig | None = None, clus
     cfg = config or IndexConfig()
     flow_setup(cfg, cluster)
     log = get_run_logger()
-    table, encoder_weights, batch_size, shard_size = cfg.table, cfg.encoder_weights, cfg.batch_size, cfg.shard_size
-    encoder = cfg.encoder or table_encoder(db, table) or DEFAULT_ENCODER
+    encoder = cfg.encoder or table_encoder(db, cfg.table) or DEFAULT_ENCODER
     t0 = time.perf_counter()
     listing = catalog.list_inputs(gallery)
-    with gallery_lock(db, table):
+    with gallery_lock(db, cfg.table):
         # the encoder's dimension and identity fix the table schema; loading it here is cheap (CPU)
-        probe = load_encoder(encoder, weights=encoder_weights, device="cpu")
-        g = Gallery.create_or_open(db, table, encoder, probe.dim, probe.weights_id)
+        probe = load_encoder(encoder, weights=cfg.encoder_weights, device="cpu")
+        g = Gallery.create_or_open(db, cfg.table, encoder, probe.dim, probe.weights_id)
         del probe
         if g.upgrade_hint:
             log.warning(g.upgrade_hint)
@@ -56,11 +55,11 @@ def index_gallery(gallery: str, db: str, config: IndexConfig | None = None, clus
             key = f"index-{g.name}"
             progress.start(key, len(plan.to_embed), "embedding", show_progress)
             try:
-                with actor_pool(EmbedActor, encoder, encoder_weights, cfg.max_pixels, batch_size=batch_size,
+                with actor_pool(EmbedActor, encoder, cfg.encoder_weights, cfg.max_pixels, batch_size=cfg.batch_size,
                                 preprocessing=g.preprocessing, views=g.views, min_side=cfg.min_ref_side,
                                 cluster=cluster) as pool:
-                    shards = [plan.to_embed[i:i + shard_size] for i in range(0, len(plan.to_embed), shard_size)]
-                    futures = [embed_shard.submit(as_dicts(s), pool, batch_size, key) for s in shards]
+                    shards = [plan.to_embed[i:i + cfg.shard_size] for i in range(0, len(plan.to_embed), cfg.shard_size)]
+                    futures = [embed_shard.submit(as_dicts(s), pool, cfg.batch_size, key) for s in shards]
                     for fut in futures:  # upsert as shards finish: a crash keeps what is already written
                         rows, errs = fut.result()
                         g.upsert(rows)

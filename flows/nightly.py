@@ -14,9 +14,9 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 
-from flows._setup import flow_setup
+from flows._setup import flow, flow_setup
 from flows.enhance import enhance_archive
 from rasr import gc, storage
 from rasr.enhance_run import EnhanceConfig

@@ -8,9 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 
-from prefect import flow
-
-from flows._setup import flow_setup
+from flows._setup import flow, flow_setup
 from flows._summary import publish_summary
 from rasr import catalog, search, storage
 from rasr.search import SearchConfig

@@ -13,9 +13,9 @@ import os
 import time
 from dataclasses import asdict
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 
-from flows._setup import flow_setup
+from flows._setup import flow, flow_setup
 from flows._summary import publish_summary
 from rasr import storage
 from rasr.train import TrainConfig, Trainer, latest_checkpoint
