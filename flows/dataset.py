@@ -21,7 +21,6 @@ from rasr.gallery import table_name
 from rasr.indexer import IndexConfig
 from tasks.actors import DatasetActor, actor_pool
 from tasks.cluster import Cluster
-from tasks.runtime import ray
 
 
 @flow(name="build-dataset")
@@ -60,10 +59,10 @@ def build_dataset(src: str, out: str, config: DatasetConfig | None = None, clust
     table = table_name("reference", cfg.encoder)
     rows, skipped = [], []
     with actor_pool(DatasetActor, db, table, cluster=cluster) as pool:
-        calls = [pool.next().samples.remote({c: sp}, dataclasses.asdict(cfg), out) for c, sp in as_dicts.items()]
-        for r, s in ray.get(calls):  # in category order: the same rows, in the same order, as one process
-            rows += r
-            skipped += s
+        done = pool.map_calls("samples", [({c: sp}, dataclasses.asdict(cfg), out) for c, sp in as_dicts.items()])
+    for r, s in done:  # in category order: the same rows, in the same order, as in one process
+        rows += r
+        skipped += s
     storage.write_parquet(storage.join(out, "dataset.parquet"), rows, DATASET_SCHEMA)
     summary = {"src": storage.redact(src), "out": storage.redact(out), "categories": len(splits),
                "train": sum(r["split"] == "train" and r["kind"] == "retrieval" for r in rows),

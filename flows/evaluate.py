@@ -16,7 +16,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows._setup import flow, flow_setup
 from flows._summary import publish_summary
-from rasr import catalog, evalsets, manifest, metrics, report, runlog, storage
+from rasr import catalog, evalsets, report, runlog, storage
 from rasr.evaluate import EVAL_SCHEMA, REF_MODES, RETRIEVAL_DIR, RETRIEVAL_SCHEMA, EvalConfig
 from rasr.metrics import ScoreConfig
 from tasks.actors import EvalActor
@@ -55,21 +55,7 @@ def evaluate(hr: str, out: str, config: EvalConfig | None = None, cluster: Clust
     results, failures, _ = process_shards(
         EvalActor, vars(cfg), shards, out, run_id, cfg_hash, schemas, 1, "evaluating", show_progress, cluster)
 
-    # summaries over everything evaluated under this config (this run and earlier, resumed ones)
-    rows = manifest.read_table(out, catalog.MANIFEST_DIR, EVAL_SCHEMA).to_pandas()
-    rows = rows[rows["relpath"].isin({i.relpath for i in items})]
-    retrieval = manifest.read_table(out, RETRIEVAL_DIR, RETRIEVAL_SCHEMA).to_pandas()
-    status = {**metrics.status(list(cfg.metrics)), "fid": metrics.check("fid")}
-    summary = report.summarize(rows, evalsets.fid_per_run(rows))
-    table1 = report.table1_markdown(summary, status, cfg.baseline)
-    table5 = report.table5_markdown(retrieval, summary, enc_status, cfg.table5_method, primary) if cfg.db else None
-    table5_page = report.table5_html(retrieval, summary, enc_status, cfg.table5_method, primary) if cfg.db else None
-    html = report.html_report(rows, summary, status, cfg.baseline, table5_page, n_examples=cfg.examples)
-    storage.write_bytes(storage.join(out, "report.html"), html.encode())
-    storage.write_bytes(storage.join(out, "table1.md"), (table1 + "\n").encode())
-    if table5:
-        storage.write_bytes(storage.join(out, "table5.md"), (table5 + "\n").encode())
-    storage.write_parquet(storage.join(out, "summary.parquet"), pa.Table.from_pandas(summary, preserve_index=False))
+    rows, summary, status, table1, table5 = evalsets.write_results(out, items, cfg, enc_status, primary)
 
     failed = rows[rows["status"] == "error"]
     info = {"run_id": run_id, "hr": storage.redact(hr), "out": storage.redact(out), "images": len(items),

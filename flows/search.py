@@ -15,7 +15,6 @@ from rasr.search import SearchConfig
 from tasks import progress
 from tasks.actors import SearchActor, actor_pool
 from tasks.cluster import Cluster
-from tasks.runtime import ray
 
 CHUNK = 64  # queries per actor call
 
@@ -35,15 +34,9 @@ def search_batch(queries: list[str], db: str, out: str | None = None, config: Se
         progress.start(key, len(items), "searching", show_progress)
         try:
             with actor_pool(SearchActor, db, cfg.table, cfg.encoder_weights, cluster=cluster) as pool:
-                refs = [pool.next().search.remote([asdict(i) for i in c], cfg.k, cfg.category) for c in chunks]
-                results = {}
-                pending = dict(zip(refs, range(len(refs))))
-                while pending:
-                    done, _ = ray.wait(list(pending), num_returns=1)
-                    i = pending.pop(done[0])
-                    results[i] = ray.get(done[0])
-                    progress.advance(key, len(chunks[i]))
-                rows = [r for i in sorted(results) for r in results[i]]
+                results = pool.map_calls("search", [([asdict(i) for i in c], cfg.k, cfg.category) for c in chunks],
+                                         lambda i, _: progress.advance(key, len(chunks[i])))
+            rows = [r for res in results for r in res]
         finally:
             progress.close(key)
     if out:

@@ -10,6 +10,7 @@ import os
 import tempfile
 
 import pandas as pd
+import pyarrow as pa
 
 from rasr import catalog, images, metrics, storage
 from rasr.encoder_names import TABLE5_ENCODERS
@@ -163,3 +164,30 @@ def score_summary(df: pd.DataFrame, status: dict[str, str], metric_names: list[s
     summary = pd.DataFrame([{"method": "pred", "ref_mode": "none", "images": int((df["status"] == "ok").sum()),
                              **means}])
     return means, summary
+
+
+def write_results(out: str, items: list[catalog.Item], cfg, enc_status: dict[str, str],
+                  primary: str | None) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str], str, str | None]:
+    """Summaries over everything evaluated under this config (this run and earlier, resumed ones):
+    summary.parquet, table1.md, table5.md (with a gallery) and report.html under `out`. Returns
+    (the rows of `items`, the summary, the metrics' status, Table 1's text, Table 5's or None)."""
+    from rasr import manifest, report
+    from rasr.evaluate import EVAL_SCHEMA, RETRIEVAL_DIR, RETRIEVAL_SCHEMA
+
+    rows = manifest.read_table(out, catalog.MANIFEST_DIR, EVAL_SCHEMA).to_pandas()
+    rows = rows[rows["relpath"].isin({i.relpath for i in items})]
+    retrieval = manifest.read_table(out, RETRIEVAL_DIR, RETRIEVAL_SCHEMA).to_pandas()
+    status = {**metrics.status(list(cfg.metrics)), "fid": metrics.check("fid")}
+    summary = report.summarize(rows, fid_per_run(rows))
+    table1 = report.table1_markdown(summary, status, cfg.baseline)
+    table5 = table5_page = None
+    if cfg.db:
+        table5 = report.table5_markdown(retrieval, summary, enc_status, cfg.table5_method, primary)
+        table5_page = report.table5_html(retrieval, summary, enc_status, cfg.table5_method, primary)
+    html = report.html_report(rows, summary, status, cfg.baseline, table5_page, n_examples=cfg.examples)
+    storage.write_bytes(storage.join(out, "report.html"), html.encode())
+    storage.write_bytes(storage.join(out, "table1.md"), (table1 + "\n").encode())
+    if table5:
+        storage.write_bytes(storage.join(out, "table5.md"), (table5 + "\n").encode())
+    storage.write_parquet(storage.join(out, "summary.parquet"), pa.Table.from_pandas(summary, preserve_index=False))
+    return rows, summary, status, table1, table5

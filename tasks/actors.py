@@ -215,6 +215,20 @@ class ActorPool:
                 return actor
         return next(self._cycle)  # all lost: let Ray restart one or say why
 
+    def map_calls(self, method: str, calls: list[tuple], done=None) -> list:
+        """Call the actors' `method` once per argument tuple, round-robin; results in call order.
+        done(i, result) runs as each call finishes (progress). A failed call raises its error."""
+        refs = [getattr(self.next(), method).remote(*args) for args in calls]
+        pending = dict(zip(refs, range(len(refs))))
+        results: list = [None] * len(refs)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            i = pending.pop(ready[0])
+            results[i] = ray.get(ready[0])
+            if done:
+                done(i, results[i])
+        return results
+
     def lost(self, actor) -> None:
         """Send no more calls to `actor` (it died mid-call)."""
         self._lost.add(id(actor))
