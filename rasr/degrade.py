@@ -364,7 +364,7 @@ def degrade(
     params = [sample_params(int(s), cfg, (H, W)) for s in seeds]
     gens = [torch.Generator(device=hr.device).manual_seed(int(s)) for s in seeds]
     K = cfg.max_kernel_size
-    col = lambda stage: [p[stage] for p in params]  # noqa: E731
+    col = lambda stage: [p[stage] for p in params]
 
     xs = list(hr.split(1))
     # first degradation

@@ -132,7 +132,7 @@ def _check_locations(input: str, output: str) -> None:
             raise UsageError(f"output {output} cannot be created: {parent} is not a writable folder")
     if storage.is_remote(input) == storage.is_remote(output):
         # resolved real paths (a symlinked OUTPUT inside INPUT is still inside it), normalised prefixes
-        norm = lambda u: storage.normalise(u).rstrip("/") + "/"  # noqa: E731
+        norm = lambda u: storage.normalise(u).rstrip("/") + "/"
         if norm(output).startswith(norm(input)):
             raise UsageError(f"output {storage.redact(output)} is inside input {storage.redact(input)}: "
                              f"outputs would be re-read as inputs")

@@ -261,7 +261,7 @@ def summary_html(rows: list[dict], runs: list[dict], first_run: str | None, n_ru
     totals = [r["timings_ms"]["total"] for r in ok if r["timings_ms"] and r["timings_ms"].get("total")]
     restores = [r["timings_ms"]["restore"] for r in ok if r["timings_ms"] and r["timings_ms"].get("restore")]
     sims = [s for r in ok if (s := _sim(r)) is not None]
-    counted = lambda key: ", ".join(f"{k} ({n})" for k, n in Counter(r[key] for r in ok if r[key]).most_common())  # noqa: E731
+    counted = lambda key: ", ".join(f"{k} ({n})" for k, n in Counter(r[key] for r in ok if r[key]).most_common())
     when = [r["processed_at"] for r in rows if r["processed_at"] is not None]
     facts = {"images": f"{len(rows)}: {status['ok']} ok, {status['error']} failed, {status['skipped']} skipped",
              "new in the latest run": sum(r["run_id"] == first_run for r in rows) if first_run else "-",

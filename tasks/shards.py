@@ -142,7 +142,7 @@ def process_shards(actor_cls, cfg: dict, shards: list, out: str, run_id: str, cf
     progress.start(key, sum(len(s.items) for s in shards), label, show_progress)
     try:
         with actor_pool(actor_cls, cfg, cluster=cluster) as pool:
-            submit = lambda sh: run_shard.submit(sh.to_dict(), out, run_id, cfg_hash, pool,  # noqa: E731
+            submit = lambda sh: run_shard.submit(sh.to_dict(), out, run_id, cfg_hash, pool,
                                                  per_call, schemas, key)
             results, failures = run_bounded(shards, submit, max_inflight or pool.spec.workers + 1)
             return results, failures, pool.placement

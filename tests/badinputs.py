@@ -35,7 +35,7 @@ def crop(name: str, w: int, h: int, x: int = 100, y: int = 60) -> np.ndarray:
 def write_bad_inputs(folder: str) -> dict[str, str]:
     """Write the awkward files; returns name -> expected status."""
     os.makedirs(folder, exist_ok=True)
-    p = lambda n: os.path.join(folder, n)  # noqa: E731
+    p = lambda n: os.path.join(folder, n)
     open(p("empty.jpg"), "wb").close()
     buf = io.BytesIO()
     Image.fromarray(crop("coffee", 64, 48)).save(buf, format="JPEG", quality=90)
@@ -86,8 +86,8 @@ def write_hostile_inputs(folder: str, outside: str) -> dict[str, tuple[str, str]
     expected.update({"empty.jpg": ("error", "empty file"), "truncated.jpg": ("error", "truncated"),
                      "notes.jpg": ("error", "not a recognised image"), "huge.png": ("error", "above the limit"),
                      "readme.txt": ("skipped", "not an image")})
-    p = lambda n: os.path.join(folder, n)  # noqa: E731
-    img = lambda name="coffee", w=40, h=24: Image.fromarray(crop(name, w, h))  # noqa: E731
+    p = lambda n: os.path.join(folder, n)
+    img = lambda name="coffee", w=40, h=24: Image.fromarray(crop(name, w, h))
 
     def add(name: str, status: str, text: str = "") -> str:
         expected[name] = (status, text)

@@ -26,10 +26,10 @@ _ENV = {
 for _k, _v in _ENV.items():
     os.environ[_k] = _v
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np  # noqa: E402 - after the environment above, which these imports read
+import pytest  # noqa: E402 - after the environment above, which these imports read
 
-from rasr import samples  # noqa: E402
+from rasr import samples  # noqa: E402 - after the environment above, which it reads
 
 # tests that start servers or flows (Prefect, Ray, S3) are the integration tier; the rest run in
 # under 2 minutes: scripts/test.sh -m "not integration"
@@ -132,6 +132,20 @@ def db(tmp_path_factory, sample_dirs, prefect_harness, ray_session) -> str:
 def sample_dirs(tmp_path_factory) -> dict[str, str]:
     """The bundled sample: gallery/<category>/<photo>.png and a low-res archive."""
     return samples.write_sample(str(tmp_path_factory.mktemp("sample")))
+
+
+@pytest.fixture(scope="session")
+def small_gallery(sample_dirs, tmp_path_factory) -> str:
+    """One photo per category of the sample gallery (11): for tests of the machinery around indexing
+    (S3, concurrent runs) rather than of retrieval, where each indexed photo only costs time."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("small-gallery")
+    for cat in sorted(os.listdir(sample_dirs["gallery"])):
+        first = sorted(os.listdir(os.path.join(sample_dirs["gallery"], cat)))[0]
+        (root / cat).mkdir()
+        shutil.copy(os.path.join(sample_dirs["gallery"], cat, first), root / cat / first)
+    return str(root)
 
 
 def tree_snapshot(root: str) -> dict[str, tuple[int, int, str]]:

@@ -122,7 +122,7 @@ def test_kernel_shapes():
     assert along_x[10, 13] > 10 * along_x[13, 10]
     assert np.allclose(D.gaussian_kernel(21, 3.0, 0.7, math.pi / 2), along_x.T)
     # generalized and plateau: beta < 1 gives heavier tails than a Gaussian, beta > 1 a flatter top
-    rel = lambda k, i, j: k[i, j] / k[10, 10]  # noqa: E731
+    rel = lambda k, i, j: k[i, j] / k[10, 10]
     g = D.gaussian_kernel(21, 2.0, 2.0)
     assert rel(D.generalized_gaussian_kernel(21, 2.0, 2.0, 0.0, 0.5), 0, 10) > 100 * rel(g, 0, 10)
     flat = D.generalized_gaussian_kernel(21, 2.0, 2.0, 0.0, 4.0)

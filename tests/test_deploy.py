@@ -79,16 +79,14 @@ def prefect(env, *args, timeout=600, **kw):
     return r.stdout
 
 
-def test_deployments_on_a_real_server(server, sample_dirs, tmp_path):
-    archive, out, db = tmp_path / "archive", tmp_path / "out", tmp_path / "refs.lance"
+def test_deployments_on_a_real_server(server, sample_dirs, small_gallery, db, tmp_path):
+    """Every deployment deploys (Prefect validates its parameters against the flow's); the nightly one
+    runs through a process worker on the session's indexed gallery (the index flow runs in
+    tests/test_index_flow.py, tests/test_cluster.py and through the CLI)."""
+    archive, out = tmp_path / "archive", tmp_path / "out"
     shutil.copytree(sample_dirs["archive"], archive)
-    gallery = tmp_path / "gallery"  # one photo per category: the deployment's flow run is what is tested here
-    for cat in sorted(os.listdir(sample_dirs["gallery"])):
-        first = sorted(os.listdir(os.path.join(sample_dirs["gallery"], cat)))[0]
-        (gallery / cat).mkdir(parents=True)
-        shutil.copy(os.path.join(sample_dirs["gallery"], cat, first), gallery / cat / first)
-    env = {**server, "PWD": str(ROOT), "RASR_ARCHIVE": str(archive), "RASR_OUTPUT": str(out), "RASR_DB": str(db),
-           "RASR_GALLERY": str(gallery), "RASR_EVAL_SET": str(tmp_path / "eval"),
+    env = {**server, "PWD": str(ROOT), "RASR_ARCHIVE": str(archive), "RASR_OUTPUT": str(out), "RASR_DB": db,
+           "RASR_GALLERY": small_gallery, "RASR_EVAL_SET": str(tmp_path / "eval"),
            "RASR_EVAL_OUT": str(tmp_path / "eval-out"), "RASR_DATASET": str(tmp_path / "ds"),
            "RASR_TRAIN_OUT": str(tmp_path / "train")}
     prefect(env, "work-pool", "create", "rasr-process", "--type", "process")
@@ -102,14 +100,13 @@ def test_deployments_on_a_real_server(server, sample_dirs, tmp_path):
     info = json.loads(_deployment_json(env, "nightly-enhance/nightly-enhance"))
     assert info["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
     assert info["concurrency_limit"] == 1 or (info.get("global_concurrency_limit") or {}).get("limit") == 1
-    assert info["parameters"]["input"] == str(archive) and info["parameters"]["config"]["db"] == str(db)
+    assert info["parameters"]["input"] == str(archive) and info["parameters"]["config"]["db"] == db
 
     worker_log = open(tmp_path / "worker.log", "w")
     worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "1"}
     worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "rasr-process"], env=worker_env,
                               cwd=ROOT, stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        prefect(env, "deployment", "run", "index-gallery/reindex-gallery", *WATCH)
         prefect(env, "deployment", "run", "nightly-enhance/nightly-enhance", *WATCH)
         rows = read_manifest(str(out)).to_pylist()
         assert len(rows) == 6 and all(r["status"] == "ok" for r in rows)

@@ -353,7 +353,7 @@ def prefect_artifacts() -> list[dict]:
     return asyncio.run(read())
 
 
-def test_a_node_removed_mid_run_loses_nothing(cluster, prefect_harness, tmp_path):  # noqa: F811
+def test_a_node_removed_mid_run_loses_nothing(cluster, prefect_harness, tmp_path):  # noqa: F811 - the imported fixture
     """Two-node Ray cluster; the node of one actor is killed (its raylet and workers) mid-run: the
     batches it held are redone on the surviving actor, and every input ends with exactly one row."""
     import psutil
