@@ -33,9 +33,9 @@ def bucket(s3_server, sample_dirs, small_gallery):
 def test_index_and_enhance_on_s3(flows_env, bucket, caplog, capfd):
     caplog.set_level(logging.INFO)  # botocore DEBUG logs print request headers by design
     idx = index_gallery("s3://photos/gallery", "s3://photos/db")
-    assert idx["embedded"] == 11 and idx["failed"] == 0
+    assert idx["embedded"] == 4 and idx["failed"] == 0
     g = Gallery.open("s3://photos/db")
-    assert g.count() == 11 and all(u.startswith("s3://photos/gallery/") for u in g.files())
+    assert g.count() == 4 and all(u.startswith("s3://photos/gallery/") for u in g.files())
 
     cfg = EnhanceConfig(db="s3://photos/db", generator="bicubic", shard_size=4)
     s = enhance_archive("s3://photos/archive", "s3://photos/out", cfg)
