@@ -15,7 +15,7 @@ from rasr import options
 EXIT_PARTIAL = 3
 
 
-def config_options(*classes, skip: tuple[str, ...] = ()):
+def config_options(*classes):
     """A decorator adding one click option per command-line field of `classes`, in declaration order;
     the command receives them as keyword arguments named like the fields (`options.build` makes the
     dataclass back from them)."""
@@ -23,8 +23,7 @@ def config_options(*classes, skip: tuple[str, ...] = ()):
         for cls in reversed(classes):
             hints = typing.get_type_hints(cls)
             for fld in reversed(options.cli_fields(cls)):
-                if fld.name not in skip:
-                    f = _click_option(fld, hints[fld.name])(f)
+                f = _click_option(fld, hints[fld.name])(f)
         return f
     return decorate
 

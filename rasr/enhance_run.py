@@ -9,19 +9,9 @@ from dataclasses import asdict, dataclass
 
 from rasr import catalog, images, listing, options, storage
 from rasr.catalog import Item
+from rasr.colorfix import COLOR_FIXES
+from rasr.generators import GENERATORS  # names only: no torch import
 from rasr.options import STRICT, option
-
-
-def _generators() -> tuple[str, ...]:
-    from rasr.generators import GENERATORS  # names only: no torch import
-
-    return tuple(GENERATORS)
-
-
-def _color_fixes() -> tuple[str, ...]:
-    from rasr.colorfix import COLOR_FIXES
-
-    return tuple(COLOR_FIXES)
 
 
 # what `identity` leaves out: the same outputs whatever these are
@@ -39,7 +29,7 @@ class EnhanceConfig:
                                   "it, no retrieval).")
     table: str | None = option(None, "Table or gallery name (needed when the DB holds several).")
     generator: str = option("realesrgan", "Generator; or package.module:ClassName of your own Generator subclass.",
-                            choices=_generators, open=True)
+                            choices=GENERATORS, open=True)
     generator_weights: str | None = option(
         None, "Generator weights (realesrgan: .param/.pth/.safetensors; osediff/refdsr: SD-2.1-base folder, "
               "s3:// or hub id).", flags=("--generator-weights", "--weights"))
@@ -52,7 +42,7 @@ class EnhanceConfig:
     category_filter: bool = option(False, "Only retrieve references from the input's own folder category.")
     tile: int = option(256, "Tile size in input (LR) pixels (0 = never tile).", low=0)
     overlap: int = option(32, "Overlap of neighbouring tiles in input (LR) pixels.", flags=("--tile-overlap",), low=0)
-    color_fix: str = option("none", "Colour correction of the output towards the input.", choices=_color_fixes)
+    color_fix: str = option("none", "Colour correction of the output towards the input.", choices=tuple(COLOR_FIXES))
     output_format: str = option("png", "Output format (png and webp-lossless keep every pixel; see docs/PERFORMANCE.md).",
                                 flags=("--format",), choices=("png", "jpg", "webp", "webp-lossless"))
     png_level: int = option(images.DEFAULT_PNG_LEVEL, "PNG zlib level: 1 writes several times faster than 6 for files "
@@ -92,9 +82,6 @@ class UsageError(ValueError):
 def check_inputs(cfg: EnhanceConfig, input: str, output: str) -> None:
     """Validate every argument before any engine starts: a mistake is reported in about a second,
     not after Prefect, Ray and the models have started (or, worse, after the work is done)."""
-    from rasr.colorfix import COLOR_FIXES
-    from rasr.generators import GENERATORS
-
     if cfg.generator not in GENERATORS and ":" not in cfg.generator:  # module:Class = a custom generator
         raise UsageError(f"unknown generator {cfg.generator!r}: choose one of {', '.join(GENERATORS)}")
     if cfg.color_fix not in COLOR_FIXES:

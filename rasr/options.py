@@ -7,10 +7,9 @@ The flows take the dataclass; the command line builds its options from the same 
     class IndexConfig:
         batch_size: int = option(32, "Images per encoder call.", low=1)
 
-Metadata keys: help; flags (command-line names, default --field-name); choices (a tuple, or a
-callable returning one when the list lives elsewhere); open (a choice may also be module:Class);
-low / high (inclusive bounds); envvar; metavar; parse (command-line text -> value, for dict fields);
-cli (False: not a command-line option).
+Metadata keys: help; flags (command-line names, default --field-name); choices (a tuple); open (a
+choice may also be module:Class); low / high (inclusive bounds); envvar; metavar; parse (command-line
+text -> value, for dict fields); cli (False: not a command-line option).
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ STRICT = {"extra": "forbid"}
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Callable | None = None,
-           flags: tuple[str, ...] = (), choices: tuple | Callable | None = None, open: bool = False,
+           flags: tuple[str, ...] = (), choices: tuple | None = None, open: bool = False,
            low: float | None = None, high: float | None = None, envvar: str | None = None,
            metavar: str | None = None, parse: Callable[[str], Any] | None = None, cli: bool = True) -> Any:
     """A dataclass field with what the command line needs to offer it."""
@@ -37,7 +36,7 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Calla
 
 def choices_of(f: dataclasses.Field) -> tuple | None:
     c = f.metadata.get("choices")
-    return tuple(c()) if callable(c) else (tuple(c) if c is not None else None)
+    return tuple(c) if c is not None else None
 
 
 def cli_fields(cls) -> list[dataclasses.Field]:
