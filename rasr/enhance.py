@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import os
 import socket
 import threading
@@ -97,6 +98,8 @@ class EnhanceWorker:
         self.restorer = Restorer(self.generator, tile=cfg.tile, overlap=cfg.overlap, color_fix=cfg.color_fix,
                                  batch_size=cfg.batch_size)
         self._tagger = getattr(self.generator, "tagger", None)  # text-conditioned generators carry one
+        files = getattr(self.generator, "weights_files", None)
+        self._weights_files = json.dumps(files, sort_keys=True) if files else None
         self._refs = images.DecodedCache(max_items=64, max_side=REF_MAX_SIDE)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.batch_size = max(1, cfg.batch_size)
@@ -295,19 +298,16 @@ class EnhanceWorker:
         row.update(source_uri=item.uri, relpath=item.relpath, generator=self.generator.name,
                    weights_id=self.generator.weights_id, config_hash=self.cfg_hash, shard_id=shard_id,
                    run_id=run_id, encoder=self.encoder.id if self.encoder else None, worker=self.worker_id,
-                   fusion_scale=self.generator.info().get("fusion_scale"))
+                   fusion_scale=self.generator.info().get("fusion_scale"), weights_files=self._weights_files)
         return row
 
     def _prompt(self, row: dict, dec: images.Decoded, ref: np.ndarray | None) -> str:
         if self._tagger is None:
             return ""
-        from rasr.tagger import build_prompt
-
         ref_category = row["ref_categories"][0] if row["ref_used"] else None
-        lr_tags = self._tagger.tags([dec.rgb], categories=[None])[0]
-        ref_tags = self._tagger.tags([ref], categories=[ref_category])[0] if ref is not None else ""
         row["tagger"] = self._tagger.name
-        return build_prompt(lr_tags, ref_tags)
+        # the LR's own tags: for `category`, the input's folder (as a gallery photo's category is its folder)
+        return self.generator.prompt_for(dec.rgb, catalog.category_of(row["relpath"]), ref, ref_category)
 
 
 def _note(row: dict, text: str) -> None:

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 
 from rasr import catalog, images, listing, options, storage
 from rasr.catalog import Item
+from rasr import colorfix
 from rasr.colorfix import COLOR_FIXES
 from rasr.generators import GENERATORS  # names only: no torch import
 from rasr.options import STRICT, option
@@ -42,7 +43,9 @@ class EnhanceConfig:
     category_filter: bool = option(False, "Only retrieve references from the input's own folder category.")
     tile: int = option(256, "Tile size in input (LR) pixels (0 = never tile).", low=0)
     overlap: int = option(32, "Overlap of neighbouring tiles in input (LR) pixels.", flags=("--tile-overlap",), low=0)
-    color_fix: str = option("none", "Colour correction of the output towards the input.", choices=tuple(COLOR_FIXES))
+    color_fix: str = option("auto", "Colour correction of the output towards the input (auto: AdaIN for osediff and "
+                                    "refdsr as OSEDiff does, wavelet for realesrgan by measurement, none for bicubic).",
+                            choices=tuple(COLOR_FIXES))
     output_format: str = option("png", "Output format (png and webp-lossless keep every pixel; see docs/PERFORMANCE.md).",
                                 flags=("--format",), choices=("png", "jpg", "webp", "webp-lossless"))
     png_level: int = option(images.DEFAULT_PNG_LEVEL, "PNG zlib level: 1 writes several times faster than 6 for files "
@@ -66,6 +69,8 @@ class EnhanceConfig:
         if images.is_lossy(self.output_format) and self.quality != images.DEFAULT_QUALITY:
             d["quality"] = self.quality
         d["db"] = storage.redact(storage.normalise(self.db)) if self.db else None
+        # what runs, not how it was asked for: "auto" and its resolution hash alike (earlier runs' "none" resumes)
+        d["color_fix"] = colorfix.resolve(self.color_fix, self.generator) if self.color_fix in COLOR_FIXES else self.color_fix
         return d
 
     def encoding(self) -> images.Encoding:

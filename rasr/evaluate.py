@@ -22,6 +22,7 @@ import pyarrow as pa
 from rasr import catalog, images, storage
 from rasr.catalog import Item
 from rasr.dataset import stable_seed
+from rasr import colorfix
 from rasr.colorfix import COLOR_FIXES
 from rasr.metrics import METRICS, NIQE_MIN_SIZE, MetricSuite, ScoreConfig
 from rasr.options import STRICT, option
@@ -82,7 +83,9 @@ class EvalConfig(ScoreConfig):
     generator_options: dict = option(help="osediff_weights, refdsr_weights, fusion_scale...", factory=dict, cli=False)
     tile: int = option(256, "Tile size in input (LR) pixels (0 = never tile).", low=0)
     overlap: int = option(32, "Overlap of neighbouring tiles in input (LR) pixels.", flags=("--tile-overlap",), low=0)
-    color_fix: str = option("none", "Colour correction of the output towards the input.", choices=tuple(COLOR_FIXES))
+    color_fix: str = option("auto", "Colour correction of the output towards the input (auto: AdaIN for osediff and "
+                                    "refdsr as OSEDiff does, wavelet for realesrgan by measurement, none for bicubic).",
+                            choices=tuple(COLOR_FIXES))
     dtype: str = option("fp32", "Model precision.", flags=("--precision",), choices=("fp32", "fp16", "bf16"))
     save_images: bool = option(True, "Keep the LR and SR images of every method.", cli=False)
     max_pixels: int = option(images.DEFAULT_MAX_PIXELS, "HR images above this many pixels fail with a reason.", low=1,
@@ -98,6 +101,9 @@ class EvalConfig(ScoreConfig):
         for k in NOT_HASHED:
             d.pop(k)
         d["db"] = storage.redact(self.db) if self.db else None
+        if self.color_fix == "auto":  # what runs per method; all "none" hashes as "none" did before "auto"
+            fixes = {m: colorfix.resolve("auto", m) for m in self.methods}
+            d["color_fix"] = "none" if set(fixes.values()) == {"none"} else fixes
         return d
 
     def hash(self) -> str:
@@ -294,7 +300,9 @@ class EvalWorker:
                 try:
                     t0 = time.perf_counter()
                     ref_img = self._refs.get(ref["ref_uri"]) if ref and restorer.g.uses_reference else None
-                    prompt = (ref.get("ref_category") or "") if ref else ""
+                    prompt = ""
+                    if hasattr(restorer.g, "prompt_for"):  # text-conditioned: the test image's category and its ref's
+                        prompt = restorer.g.prompt_for(lr, base["category"], ref_img, ref.get("ref_category") if ref else None)
                     sr = restorer.restore([lr], [ref_img], [prompt])[0]
                     t1 = time.perf_counter()
                     row.update(suite.score(sr, hr))

@@ -236,6 +236,30 @@ def to_uint8(x: "torch.Tensor") -> np.ndarray:
     return x.detach().float().clamp(0, 1).mul(255.0).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
+def resize_pil(x: "torch.Tensor", size: tuple[int, int]) -> "torch.Tensor":
+    """(B, C, H, W) in [0, 1] -> (B, C, h, w) resized with PIL's bicubic, as OSEDiff resizes its input.
+
+    PIL's bicubic (a = -0.5, antialiased when shrinking) is not torch's (a = -0.75): the diffusion models
+    see exactly what upstream feeds them. 8-bit values go through PIL's RGB path, which rounds after each
+    of its two passes as upstream's does; other values through its float mode, one channel at a time."""
+    import torch
+
+    h, w = size
+    if tuple(x.shape[-2:]) == (h, w):
+        return x
+    out = []
+    for img in x.detach().float().clamp(0, 1).cpu():
+        q = img.mul(255).round()
+        if img.shape[0] == 3 and torch.equal(q.div(255), img):
+            arr = np.asarray(Image.fromarray(q.byte().permute(1, 2, 0).numpy()).resize((w, h), Image.BICUBIC))
+            out.append(torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div(255))
+        else:
+            planes = [Image.fromarray(np.ascontiguousarray(c.numpy(), dtype=np.float32)) for c in img]  # mode "F"
+            chans = [np.asarray(p.resize((w, h), Image.BICUBIC)) for p in planes]
+            out.append(torch.from_numpy(np.stack(chans)).clamp(0, 1))
+    return torch.stack(out).to(x.device)
+
+
 class DecodedCache:
     """Decoded images by URI (references, training crops), the least recently used dropped beyond
     `max_items` (None: keep all); `max_side` bounds the long side of what is kept (bicubic)."""

@@ -26,6 +26,7 @@ SCHEMA = pa.schema([
     pa.field("ref_used", pa.bool_()),            # False: below --min-similarity, no-reference path
     pa.field("generator", pa.string()),
     pa.field("weights_id", pa.string()),
+    pa.field("weights_files", pa.string()),       # JSON {file: sha256} of the weight files loaded (diffusion)
     pa.field("encoder", pa.string()),
     pa.field("config_hash", pa.string()),
     pa.field("prompt", pa.string()),

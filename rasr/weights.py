@@ -110,6 +110,26 @@ def file_digest(path: str, length: int = 16) -> str:
     return h.hexdigest()[:length]
 
 
+def file_sha256s(path: str, label: str, subfolders: tuple[str, ...] | None = None) -> dict[str, str]:
+    """{label/relative path: full sha256} of a weights file, or of every file of a folder (only `subfolders`
+    when given): which exact files a run loaded, so two sites can tell whether they ran the same weights."""
+    p = Path(path)
+    if p.is_dir():
+        roots = [p / s for s in subfolders] if subfolders else [p]
+        files = sorted(f for r in roots if r.is_dir() for f in r.rglob("*") if f.is_file())
+    else:
+        files = [p] if p.is_file() else []
+    out = {}
+    for f in files:
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        name = f.relative_to(p).as_posix() if p.is_dir() else f.name
+        out[f"{label}/{name}"] = h.hexdigest()
+    return out
+
+
 def tensors_digest(state: dict[str, torch.Tensor], length: int = 16) -> str:
     """sha256 prefix over names and values of a state dict."""
     h = hashlib.sha256()

@@ -1,6 +1,10 @@
 """`--generator refdsr|osediff` in the enhance flow: Ray actors load the model once, the manifest records
 weights identity, fusion scale and prompt, and references below --min-similarity run the no-reference path."""
 
+import hashlib
+import json
+import os
+
 import pytest
 from PIL import Image
 
@@ -32,10 +36,9 @@ def test_refdsr_in_the_pipeline(flows_env, db, sample_dirs, tiny_diffusion, tmp_
         assert (r["ref_similarities"][0] >= THRESHOLD) == r["ref_used"]
         assert r["fusion_scale"] == pytest.approx(0.7) and r["generator"] == "refdsr"
         assert Image.open(r["output_uri"]).size == (4 * r["width"], 4 * r["height"])
-    for r in used:  # category tagger: the reference's gallery category is the prompt
-        assert r["prompt"] == r["ref_categories"][0] and r["tagger"] == "category"
-    for r in unused:
-        assert r["prompt"] == ""
+    for r in rows:  # category tagger: the input's folder, then the reference's gallery category (RASR's prompt)
+        tags = [r["relpath"].split("/")[0]] + ([r["ref_categories"][0]] if r["ref_used"] else [])
+        assert r["prompt"] == ", ".join(dict.fromkeys(tags)) and r["tagger"] == "category"
 
 
 def test_osediff_in_the_pipeline(flows_env, sample_dirs, tiny_diffusion, tmp_path):
@@ -45,6 +48,12 @@ def test_osediff_in_the_pipeline(flows_env, sample_dirs, tiny_diffusion, tmp_pat
     assert s["ok"] == 6
     rows = read_manifest(str(tmp_path / "out")).to_pylist()
     assert all(not r["ref_used"] and r["fusion_scale"] is None for r in rows)
+    for r in rows:  # OSEDiff's own prompt format (test_osediff.py: f"{tags}, {args.prompt},"), the input's folder as tag
+        assert r["prompt"] == f"{r['relpath'].split('/')[0]}, {''},"
+    files = json.loads(rows[0]["weights_files"])  # which exact files ran: the SD folder's and the pkl
+    assert files["osediff/osediff.pkl"] == hashlib.sha256(open(tiny_diffusion["osediff"], "rb").read()).hexdigest()
+    unet_file = os.path.join(tiny_diffusion["base"], "unet", "diffusion_pytorch_model.safetensors")
+    assert files["sd/unet/diffusion_pytorch_model.safetensors"] == hashlib.sha256(open(unet_file, "rb").read()).hexdigest()
 
 
 def test_refdsr_without_a_gallery_is_refused(flows_env, sample_dirs, tiny_diffusion, tmp_path):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import os
-import warnings
 
 import torch
 
@@ -76,19 +75,26 @@ def osediff_module_lists(unet, vae) -> tuple[list[str], list[str], list[str], li
     return enc, dec, oth, vae_enc
 
 
-def make_fake_osediff_pkl(unet, vae, path: str, rank: int = 4, seed: int = 0) -> str:
-    """Write an osediff.pkl in OSEDiff's exact layout with random (non-zero) LoRA tensors for these models."""
-    from peft import LoraConfig, inject_adapter_in_model
+def add_upstream_adapters(unet, vae, rank: int = 4) -> tuple[list[str], list[str], list[str], list[str]]:
+    """OSEDiff's training initialisers (initialize_unet / initialize_vae): one diffusers `add_adapter` per
+    adapter on lists chosen by upstream's rule. Returns the lists (encoder, decoder, others, vae encoder)."""
+    from peft import LoraConfig
 
-    unet, vae = copy.deepcopy(unet), copy.deepcopy(vae)
     enc, dec, oth, vae_enc = osediff_module_lists(unet, vae)
-    with warnings.catch_warnings():  # three adapters on one model is OSEDiff's layout
-        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-        for name, targets in (("default_encoder", enc), ("default_decoder", dec), ("default_others", oth)):
-            cfg = LoraConfig(r=rank, init_lora_weights="gaussian", target_modules=targets)
-            inject_adapter_in_model(cfg, unet, name)
-    inject_adapter_in_model(LoraConfig(r=rank, init_lora_weights="gaussian", target_modules=vae_enc), vae,
-                            "default_encoder")
+    for name, targets in (("default_encoder", enc), ("default_decoder", dec), ("default_others", oth)):
+        unet.add_adapter(LoraConfig(r=rank, init_lora_weights="gaussian", target_modules=targets), adapter_name=name)
+    vae.add_adapter(LoraConfig(r=rank, init_lora_weights="gaussian", target_modules=vae_enc),
+                    adapter_name="default_encoder")
+    return enc, dec, oth, vae_enc
+
+
+def make_fake_osediff_pkl(unet, vae, path: str, rank: int = 4, seed: int = 0) -> str:
+    """Write an osediff.pkl in OSEDiff's exact layout with random (non-zero) LoRA tensors for these models.
+
+    Built as OSEDiff's training builds and saves it (diffusers add_adapter, then `state_dict()` entries with
+    "lora" or "conv_in" in their names), never through rasr's loader."""
+    unet, vae = copy.deepcopy(unet), copy.deepcopy(vae)
+    enc, dec, oth, vae_enc = add_upstream_adapters(unet, vae, rank)
     g = torch.Generator().manual_seed(seed)
     for model in (unet, vae):
         for n, p in model.named_parameters():
@@ -106,9 +112,52 @@ def make_fake_osediff_pkl(unet, vae, path: str, rank: int = 4, seed: int = 0) ->
     return path
 
 
+def upstream_osediff(sd_dir: str, pkl: str):
+    """(unet, vae) as OSEDiff_test builds them (osediff.py, load_ckpt), independently of rasr: diffusers
+    from_pretrained, one add_adapter per adapter, every LoRA / conv_in parameter copied by name from the pkl,
+    set_adapter on all three UNet adapters. LoRA stays unmerged (upstream's default)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from peft import LoraConfig
+
+    model = torch.load(pkl, weights_only=True)
+    unet = UNet2DConditionModel.from_pretrained(sd_dir, subfolder="unet")
+    vae = AutoencoderKL.from_pretrained(sd_dir, subfolder="vae")
+    for name, key in (("default_encoder", "encoder"), ("default_decoder", "decoder"), ("default_others", "others")):
+        cfg = LoraConfig(r=model["rank_unet"], init_lora_weights="gaussian",
+                         target_modules=model[f"unet_lora_{key}_modules"])
+        unet.add_adapter(cfg, adapter_name=name)
+    for n, p in unet.named_parameters():
+        if "lora" in n or "conv_in" in n:
+            p.data.copy_(model["state_dict_unet"][n])
+    unet.set_adapter(["default_encoder", "default_decoder", "default_others"])
+    vae.add_adapter(LoraConfig(r=model["rank_vae"], init_lora_weights="gaussian",
+                               target_modules=model["vae_lora_encoder_modules"]), adapter_name="default_encoder")
+    for n, p in vae.named_parameters():
+        if "lora" in n:
+            p.data.copy_(model["state_dict_vae"][n])
+    vae.set_adapter(["default_encoder"])
+    return unet.eval(), vae.eval()
+
+
 def perturb_branch(model, scale: float = 0.05, seed: int = 1) -> None:
     """Give the branch's zero-initialised tensors (zero convs, LoRA B) random values, as if trained."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.trainable_parameters():
             p.add_(torch.randn(p.shape, generator=g).to(p) * scale)
+
+
+def upstream_pkl_shapes(unet, vae, rank: int = 4) -> dict[str, dict[str, list[int]]]:
+    """{state_dict_unet / state_dict_vae: {name: shape}} that OSEDiff's save writes for these models, from
+    diffusers' own adapter naming (works on the meta device: no memory, no weights)."""
+    add_upstream_adapters(unet, vae, rank)
+    return {"state_dict_unet": {k: list(v.shape) for k, v in unet.state_dict().items() if "lora" in k or "conv_in" in k},
+            "state_dict_vae": {k: list(v.shape) for k, v in vae.state_dict().items() if "lora" in k}}
+
+
+def full_size_meta():
+    """SD-2.1-base UNet and VAE from their configs on the meta device, built with diffusers directly."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    with torch.device("meta"):
+        return UNet2DConditionModel(**sdlib.UNET_CONFIG), AutoencoderKL(**sdlib.VAE_CONFIG)

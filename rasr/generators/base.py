@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from rasr import colorfix
 from rasr.generators.tiling import tiled_apply
-from rasr.images import to_tensor, to_uint8
+from rasr.images import resize_pil, to_tensor, to_uint8
 
 
 class Generator(abc.ABC):
@@ -33,6 +33,7 @@ class Generator(abc.ABC):
     uses_reference: bool = False
     pad_multiple: int = 1      # input sides must be multiples of this
     tiles_internally: bool = False  # the model tiles large inputs itself (latent + VAE tiling)
+    min_side: int = 0          # inputs with a shorter side are enlarged to it first, then the output scaled back
     weights_id: str = "none"
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
@@ -60,10 +61,9 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, 
 class Restorer:
     """Runs a generator on images of any size: pad, tile, batch, colour-fix, crop to exact size."""
 
-    def __init__(self, generator: Generator, tile: int = 256, overlap: int = 32, color_fix: str = "none",
+    def __init__(self, generator: Generator, tile: int = 256, overlap: int = 32, color_fix: str = "auto",
                  batch_size: int = 4):
-        if color_fix not in colorfix.COLOR_FIXES:
-            raise ValueError(f"unknown colour fix {color_fix!r}: choose one of {', '.join(colorfix.COLOR_FIXES)}")
+        color_fix = colorfix.resolve(color_fix, generator.name)  # "auto": the generator's own default
         if tile and overlap * 2 >= tile:
             raise ValueError(f"tile overlap {overlap} must be under half the tile size {tile}")
         self.g = generator
@@ -119,10 +119,17 @@ class Restorer:
 
     def _restore_padded(self, lr, ref, prompts):
         h, w = lr.shape[-2:]
-        x, _, _ = pad_to_multiple(lr, self.g.pad_multiple)
-        hr = self._run(x, ref, prompts)
         s = self.g.scale
-        return hr[..., : h * s, : w * s]
+        small = self.g.min_side and min(h, w) < self.g.min_side
+        if small:  # as OSEDiff's test script: enlarge (PIL bicubic) so the shorter side is min_side
+            k = self.g.min_side / min(h, w)
+            lr = resize_pil(lr, (int(k * h), int(k * w)))
+        eh, ew = lr.shape[-2:]
+        x, _, _ = pad_to_multiple(lr, self.g.pad_multiple)
+        hr = self._run(x, ref, prompts)[..., : eh * s, : ew * s]
+        # upstream means to scale the output back (its resize result is discarded, a bug): we do, so the
+        # output is always scale x the input
+        return resize_pil(hr, (h * s, w * s)) if small else hr
 
     def _restore_tiled(self, lr, ref, prompts):
         """Tiles of `tile` LR pixels overlapping by `overlap`, blended with linear ramps."""
@@ -132,5 +139,5 @@ class Restorer:
     def _fix_colour(self, hr, lr):
         if self.color_fix == "none":
             return hr.clamp(0, 1)
-        lr_up = F.interpolate(lr.to(hr.device), size=hr.shape[-2:], mode="bicubic", align_corners=False)
-        return colorfix.apply(hr, lr_up.clamp(0, 1), self.color_fix)
+        lr_up = resize_pil(lr, tuple(hr.shape[-2:])).to(hr.device)  # OSEDiff's colour source: the PIL-upscaled LR
+        return colorfix.apply(hr, lr_up, self.color_fix)

@@ -10,14 +10,14 @@ import hashlib
 import os
 
 import torch
-import torch.nn.functional as F
 
 from rasr import storage
 from rasr import weights as wts
 from rasr.devices import parse_dtype, pick_device
+from rasr.images import resize_pil
 from rasr.generators import sd as sdlib
 from rasr.generators.base import Generator
-from rasr.generators.osediff import OneStepSR, apply_osediff, read_osediff
+from rasr.generators.osediff import OneStepSR, apply_osediff, check_keys, is_sd21_base, read_osediff
 from rasr.generators.refdsr import BRANCH_FILE, BRANCH_META, BranchConfig, RefDSR, read_branch
 
 
@@ -59,6 +59,9 @@ def build_model(name: str, weights: str | None = None, osediff_weights: str | No
     comps = sdlib.load(refs["SD-2.1-base"])
     ose = read_osediff(refs["OSEDiff LoRA"])
     ids = [comps.weights_id, ose.weights_id]
+    files = {**(comps.files or {}), **ose.files}
+    if is_sd21_base(comps.unet):  # the released checkpoint's exact names and shapes, before touching the model
+        check_keys(ose)
     ref_vae = copy.deepcopy(comps.vae) if name == "refdsr" else None  # before OSEDiff's encoder LoRA goes in
     apply_osediff(comps.unet, comps.vae, ose)
     if name == "osediff":
@@ -67,6 +70,9 @@ def build_model(name: str, weights: str | None = None, osediff_weights: str | No
         cfg, state = (branch_config or BranchConfig(), None) if new_branch else read_branch(refs["RefDSR branch"])
         model = RefDSR(comps, ref_vae, cfg)
         ids.append(model.load_branch_tensors(state) if state is not None else "new-branch")
+        if state is not None:
+            files.update(wts.file_sha256s(wts.localize(refs["RefDSR branch"]), "refdsr"))
+    model.weights_files = files  # what a manifest row records beside weights_id
     return model, hashlib.sha256("|".join(ids).encode()).hexdigest()[:16]
 
 
@@ -75,14 +81,23 @@ class DiffusionGenerator(Generator):
 
     Units: `tile_size` / `tile_overlap` count output (HR) pixels, the SD model's input after the x4
     upsampling (its latent tiles are 8x smaller); the Restorer's `tile` / `overlap` (--tile,
-    --tile-overlap) count input (LR) pixels and do not apply here (`tiles_internally`)."""
+    --tile-overlap) count input (LR) pixels and do not apply here (`tiles_internally`).
+
+    Defaults are those of OSEDiff's inference script (test_osediff.py): latent tiles of 96 latents (768 px)
+    overlapping by 32 (256 px); inputs shorter than 128 px enlarged to 128 first (`min_side`, done by the
+    Restorer); the x4 upsampling with PIL's bicubic. Its VAE tiles (1024 px encoder, 224-latent decoder)
+    share GroupNorm statistics across tiles; diffusers' VAE tiling does not, so tone seams can appear at
+    tile borders: here the VAE is tiled only above `vae_tile_size` (2048 px), so outputs up to 2048 px
+    are never VAE-tiled."""
 
     scale = 4
     tiles_internally = True
+    min_side = 128  # OSEDiff: process_size 512 // upscale 4
 
     def __init__(self, name: str, model: OneStepSR, weights_id: str, device=None, dtype: str = "fp32",
-                 fusion_scale: float = 0.5, tile_size: int = 512, tile_overlap: int = 128,
-                 seed: int | None = None, tagger="category"):
+                 fusion_scale: float = 0.5, tile_size: int = 768, tile_overlap: int = 256,
+                 seed: int | None = None, tagger="category", vae_tile_size: int = 2048,
+                 weights_files: dict[str, str] | None = None):
         from rasr.tagger import get_tagger
 
         m = model.hr_multiple
@@ -97,12 +112,14 @@ class DiffusionGenerator(Generator):
         self.precision = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype]
         self.model = model.to(self.device, self.dtype).eval()
         self.fusion_scale, self.tile_size, self.tile_overlap, self.seed = fusion_scale, tile_size, tile_overlap, seed
+        self.vae_tile_size = vae_tile_size
+        self.weights_files = dict(weights_files or {})
         self.tagger = get_tagger(tagger)
         for vae in (model.vae, getattr(model, "ref_vae", None)):
-            if vae is not None:  # diffusers VAE tiling, active only above tile_size pixels
+            if vae is not None:  # diffusers VAE tiling, active only above vae_tile_size pixels
                 vae.enable_tiling()
-                vae.tile_sample_min_size = tile_size
-                vae.tile_latent_min_size = tile_size // model.vae_scale
+                vae.tile_sample_min_size = vae_tile_size
+                vae.tile_latent_min_size = vae_tile_size // model.vae_scale
 
     def restore(self, lr: torch.Tensor, ref: torch.Tensor | None, prompts: list[str] | None = None) -> torch.Tensor:
         """lr (B, 3, h, w) in [0, 1], sides multiples of pad_multiple -> (B, 3, 4h, 4w) in [0, 1]."""
@@ -113,8 +130,7 @@ class DiffusionGenerator(Generator):
         prompts = list(prompts) if prompts is not None else [""] * b
         if len(prompts) != b:
             raise ValueError(f"{b} images but {len(prompts)} prompts")
-        x = F.interpolate(lr.to(self.device).float(), scale_factor=self.scale, mode="bicubic", align_corners=False)
-        x = x.clamp(0, 1) * 2 - 1
+        x = resize_pil(lr, (h * self.scale, w * self.scale)).to(self.device) * 2 - 1  # as upstream: PIL bicubic
         text = self.model.text_embeddings(prompts)
         gen = None if self.seed is None else torch.Generator(self.device).manual_seed(self.seed)
         kw = {}
@@ -124,14 +140,29 @@ class DiffusionGenerator(Generator):
                                self.tile_overlap // self.model.vae_scale, generator=gen, **kw)
         return ((y.float() + 1) / 2).clamp(0, 1)
 
+    def prompt_for(self, lr, lr_category: str | None, ref=None, ref_category: str | None = None) -> str:
+        """Tag the LR (as the model sees it, upscaled) and the reference, and build the prompt (see `prompt`)."""
+        lr_tags = self.tagger.tags([lr], categories=[lr_category or None], scale=self.scale)[0]
+        ref_tags = self.tagger.tags([ref], categories=[ref_category or None])[0] if ref is not None else ""
+        return self.prompt(lr_tags, ref_tags)
+
+    def prompt(self, lr_tags: str, ref_tags: str = "") -> str:
+        """The text prompt: OSEDiff's own format for `osediff` ("<tags>, <user prompt>," with no user prompt),
+        tags of the LR then of the reference for `refdsr` (the RASR paper)."""
+        from rasr.tagger import build_prompt, osediff_prompt
+
+        return build_prompt(lr_tags, ref_tags) if self.uses_reference else osediff_prompt(lr_tags)
+
     def info(self) -> dict:
         """Tagger, fusion scale, precision, tiling, latent mode and weights id: what changes the output."""
         return {"tagger": self.tagger.name, "fusion_scale": self.fusion_scale if self.uses_reference else None,
                 "precision": self.precision, "tile_size": self.tile_size, "tile_overlap": self.tile_overlap,
+                "vae_tile_size": self.vae_tile_size, "min_side": self.min_side, "upsample": "pil-bicubic",
                 "latent": "mode" if self.seed is None else f"sample(seed={self.seed})", "weights_id": self.weights_id}
 
 
-OPTIONS = ("osediff_weights", "refdsr_weights", "fusion_scale", "tile_size", "tile_overlap", "seed", "tagger")
+OPTIONS = ("osediff_weights", "refdsr_weights", "fusion_scale", "tile_size", "tile_overlap", "seed", "tagger",
+           "vae_tile_size")
 
 
 def load_diffusion_generator(name: str, weights: str | None = None, device: str | None = None,
@@ -146,4 +177,5 @@ def load_diffusion_generator(name: str, weights: str | None = None, device: str 
                                     options.pop("refdsr_weights", None))
     if isinstance(model, RefDSR):
         model.fuse_branch()  # inference only: fold the branch LoRA in, as OSEDiff's is
-    return DiffusionGenerator(name, model, weights_id, device=device, dtype=dtype, **options)
+    return DiffusionGenerator(name, model, weights_id, device=device, dtype=dtype,
+                              weights_files=model.weights_files, **options)

@@ -35,7 +35,7 @@ import json
 import math
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -61,6 +61,7 @@ class OSEDiffWeights:
     unet: dict[str, torch.Tensor]        # peft parameter names of the UNet (LoRA + conv_in)
     vae: dict[str, torch.Tensor]
     weights_id: str
+    files: dict[str, str] = field(default_factory=dict)  # {"osediff/<file>": sha256} of what was read
 
     def meta(self) -> dict:
         return {"format": FORMAT, "unet_modules": self.unet_modules, "vae_modules": self.vae_modules,
@@ -115,8 +116,12 @@ def read_osediff(ref: str) -> OSEDiffWeights:
         flat = load_file(path, device="cpu")
         unet = {k[len("unet."):]: v for k, v in flat.items() if k.startswith("unet.")}
         vae = {k[len("vae."):]: v for k, v in flat.items() if k.startswith("vae.")}
-        return _from_parts(meta, unet, vae)
-    return _from_pkl_dict(wts.load_state_dict(path), ref)
+        w = _from_parts(meta, unet, vae)
+        w.files = {**wts.file_sha256s(path, "osediff"), **wts.file_sha256s(meta_path, "osediff")}
+        return w
+    w = _from_pkl_dict(wts.load_state_dict(path), ref)
+    w.files = wts.file_sha256s(path, "osediff")
+    return w
 
 
 def osediff_pkl_to_safetensors(pkl: str, out_dir: str) -> str:
@@ -133,6 +138,32 @@ def osediff_pkl_to_safetensors(pkl: str, out_dir: str) -> str:
     return out_dir
 
 
+KEYS_MANIFEST = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "osediff_sd21base_keys.json")
+
+
+def is_sd21_base(unet: nn.Module) -> bool:
+    """True for a UNet with SD-2.1-base's shape (the model osediff.pkl was trained on)."""
+    c = unet.config
+    return tuple(c.block_out_channels) == (320, 640, 1280, 1280) and c.cross_attention_dim == 1024
+
+
+def check_keys(w: OSEDiffWeights, manifest: str = KEYS_MANIFEST) -> None:
+    """Refuse OSEDiff weights whose tensor names or shapes differ from those the released osediff.pkl must
+    have on SD-2.1-base (rasr/data/osediff_sd21base_keys.json, derived from diffusers' adapter naming)."""
+    with open(manifest) as f:
+        expected = json.load(f)
+    for part, got in (("state_dict_unet", w.unet), ("state_dict_vae", w.vae)):
+        want = {k: list(v) for k, v in expected[part].items()}
+        have = {k: list(t.shape) for k, t in got.items()}
+        missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+        wrong = sorted(k for k in set(want) & set(have) if want[k] != have[k])
+        if missing or extra or wrong:
+            raise ValueError(
+                f"OSEDiff weights ({w.weights_id}) do not match osediff.pkl for SD-2.1-base in {part}: "
+                f"{len(missing)} missing {missing[:3]}, {len(extra)} unexpected {extra[:3]}, {len(wrong)} of another "
+                f"shape {[(k, have[k], want[k]) for k in wrong[:3]]}; is this OSEDiff's released osediff.pkl?")
+
+
 def _load_exact(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
     """Load LoRA (+ conv_in) tensors; every LoRA parameter must be given and every given tensor used."""
     try:
@@ -145,9 +176,30 @@ def _load_exact(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> 
                          f"{unexpected[:3]}, {len(lora_missing)} LoRA tensors missing {lora_missing[:3]}")
 
 
+def lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, layer) of every peft LoRA layer in a model."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
+
+
+def inactive_adapters(model: nn.Module) -> list[str]:
+    """'layer: adapter' for each LoRA adapter a layer holds but does not run (empty when all act)."""
+    out = []
+    for name, layer in lora_layers(model):
+        active = set(layer.active_adapters)
+        out += [f"{name}: {a}" for a in sorted(layer.lora_A.keys()) if a not in active]
+    return out
+
+
 def apply_osediff(unet: nn.Module, vae: nn.Module, w: OSEDiffWeights, merge: bool = True) -> None:
-    """Add OSEDiff's LoRA adapters (peft) to the UNet and VAE encoder, load them, and merge them in by default."""
-    from peft import LoraConfig, inject_adapter_in_model
+    """Add OSEDiff's LoRA adapters to the UNet and VAE encoder as upstream does, load them, activate
+    every one of them, and merge them in by default.
+
+    Upstream (OSEDiff_test.load_ckpt): one `add_adapter` per adapter, tensors copied by name, then
+    `set_adapter([all adapters])`. Each add_adapter leaves only the adapter it just added active, so the
+    last step matters: without it only `default_others` (the mid block) would act."""
+    from peft import LoraConfig
 
     for model, modules, rank, alpha, state, what in (
             (unet, w.unet_modules, w.rank_unet, w.alpha_unet, w.unet, "OSEDiff UNet"),
@@ -157,11 +209,16 @@ def apply_osediff(unet: nn.Module, vae: nn.Module, w: OSEDiffWeights, merge: boo
                              target_modules=sorted(set(targets)))
             with warnings.catch_warnings():  # several adapters on one model is OSEDiff's layout, not a mistake
                 warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-                inject_adapter_in_model(cfg, model, adapter_name=adapter)
+                model.add_adapter(cfg, adapter_name=adapter)
         _load_exact(model, state, what)
+        names = list(modules)
+        model.set_adapter(names)
+        off = inactive_adapters(model)
+        if off:  # a peft/diffusers change must never again silently drop adapters
+            raise RuntimeError(f"{what}: {len(off)} LoRA adapters inactive after set_adapter ({off[:3]})")
         model.requires_grad_(False)
-        if merge:  # one-step inference never changes the backbone: fold the LoRA into the weights
-            model.fuse_lora()
+        if merge:  # one-step inference never changes the backbone: fold every adapter into the weights
+            model.fuse_lora(adapter_names=names)
             model.unload_lora()
 
 

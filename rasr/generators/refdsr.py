@@ -49,6 +49,9 @@ from rasr.generators import sd as sdlib
 from rasr.generators.osediff import TIMESTEP, OneStepSR
 
 BRANCH_FILE, BRANCH_META, BRANCH_FORMAT = "refdsr_branch.safetensors", "refdsr_branch.json", "refdsr-branch/1"
+# The frozen backbone a branch was trained on. Branches saved before 2026-12-06 lack it: they were trained on
+# a UNet where only OSEDiff's `default_others` adapter (the mid block) acted, so they fit no faithful backbone.
+BACKBONE_RECIPE = "osediff-all-adapters/2"
 # OSEDiff's LoRA module list, applied to the ControlNet copy's encoder (names end with one of these)
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
                 "conv1", "conv2", "conv_shortcut", "conv", "conv_in")
@@ -160,7 +163,8 @@ class RefDSR(OneStepSR):
         state = {k: v.contiguous().cpu() for k, v in self.branch_state_dict().items()}
         os.makedirs(path, exist_ok=True)
         save_file(state, os.path.join(path, BRANCH_FILE))
-        meta = {"format": BRANCH_FORMAT, **asdict(self.cfg), "lora_targets": list(LORA_TARGETS),
+        meta = {"format": BRANCH_FORMAT, "backbone_recipe": BACKBONE_RECIPE, **asdict(self.cfg),
+                "lora_targets": list(LORA_TARGETS),
                 "used_skips": self.used_skips, "trainable_params": sum(v.numel() for v in state.values()),
                 **(extra or {})}
         with open(os.path.join(path, BRANCH_META), "w") as f:
@@ -248,5 +252,11 @@ def read_branch(ref: str) -> tuple[BranchConfig, dict[str, torch.Tensor]]:
         meta = json.load(f)
     if meta.get("format") != BRANCH_FORMAT:
         raise ValueError(f"{meta_path} has format {meta.get('format')!r}, expected {BRANCH_FORMAT!r}")
+    if meta.get("backbone_recipe") != BACKBONE_RECIPE:
+        raise ValueError(
+            f"RefDSR branch at {ref} was trained on backbone recipe {meta.get('backbone_recipe') or 'none recorded'}, "
+            f"not {BACKBONE_RECIPE}: branches saved before 2026-12-06 were trained on a UNet where only one of "
+            f"OSEDiff's three LoRA adapters acted, so they do not fit the faithful backbone. Retrain the branch "
+            f"(`rasr train`) with this version")
     cfg = BranchConfig(**{k: meta[k] for k in asdict(BranchConfig()) if k in meta})
     return cfg, load_file(st, device="cpu")

