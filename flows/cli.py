@@ -40,6 +40,14 @@ class Commands(click.Group):
     def list_commands(self, ctx):
         return sorted({*super().list_commands(ctx), *self.RESEARCH})
 
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:  # instead of click's bare "Aborted!": what was kept, and how to go on
+            click.echo("\ninterrupted: finished shards are kept (their outputs, manifest rows and done-markers); "
+                       "run the same command again to resume where it stopped", err=True)
+            sys.exit(130)
+
     def get_command(self, ctx, name):
         if name in self.RESEARCH:
             from flows import cli_research
@@ -109,6 +117,10 @@ def index(gallery, db, **opts) -> None:
         click.echo(f"  low quality {e['uri']}: {e['reason']}")
     if summary.get("upgrade_hint"):
         click.echo(f"note: {summary['upgrade_hint']}", err=True)
+    if not summary.get("rows"):
+        from rasr.gallery import empty_warning
+
+        click.echo(f"warning: {empty_warning(db, summary.get('table'), summary.get('failed', 0))}", err=True)
     print_summary("index summary", summary, ["table", "files", "embedded", "deleted", "unchanged", "failed",
                                               "excluded_small", "duplicates", "near_duplicates", "low_quality",
                                               "rows", "versions", "ann_index", "seconds", "db"])
@@ -154,6 +166,7 @@ def search(images, db, as_json, out, **opts) -> None:
                 best = (f"{row['similarities'][0]:.4f}  {row['categories'][0] or '-':<14}  {row['uris'][0]}"
                         if row["uris"] else row["error"] or "no reference")
                 click.echo(f"{row['query_uri']}  ->  {best}")
+        _warn_if_empty(db, cfg.table)
         print_summary("search summary", s, ["queries", "ok", "failed", "skipped", "k", "out", "seconds"])
         sys.exit(EXIT_PARTIAL if s["failed"] else 0)
     import hashlib
@@ -171,6 +184,8 @@ def search(images, db, as_json, out, **opts) -> None:
         hits = g.search(vec, k=cfg.k, exclude_ids=[hashlib.sha256(data).hexdigest()], category=cfg.category)[0]
     except Exception as e:  # noqa: BLE001 - any failure: one line on stderr and exit 1
         fail(e)
+    if not g.count():
+        _warn_if_empty(db, g.name)
     if as_json:
         click.echo(json.dumps([h.as_dict() for h in hits], indent=1))
         return
@@ -195,12 +210,15 @@ def enhance(input, output, **opts) -> None:
     cfg = build(EnhanceConfig, opts, generator_options=build(GeneratorOptions, opts).as_dict())
     cluster = build(Cluster, opts)
     try:
-        E.check_inputs(cfg, input, output)
-        work = E.plan(cfg, input, output)
+        target = E.output_for(cfg, input, output)  # OUTPUT, or OUTPUT/<input>-<hash> with --nest-by-input
+        E.check_inputs(cfg, input, target)
+        work = E.plan(cfg, input, target)
     except (E.UsageError, ValueError) as e:
         raise click.UsageError(str(e)) from None
     except Exception as e:  # noqa: BLE001 - any failure: one line on stderr and exit 1
         fail(e)
+    if cfg.db:
+        _warn_if_empty(cfg.db, cfg.table)
     if not work.shards:
         click.echo(f"nothing new: all {len(work.items)} inputs are done under this configuration")
         print_summary("enhance summary", {"inputs": len(work.items), "already_done": len(work.items),
@@ -224,6 +242,18 @@ def enhance(input, output, **opts) -> None:
                    f"(their shards are claimed): run again later to see them done", err=True)
     print_summary("enhance summary", summary, keys)
     sys.exit(EXIT_PARTIAL if summary["failed"] else 0)
+
+
+def _warn_if_empty(db: str, table: str | None) -> None:
+    """A line on stderr when the gallery holds no photo (a warning: the run itself goes on)."""
+    from rasr.gallery import empty_warning
+
+    try:
+        warning = empty_warning(db, table)
+    except Exception:  # noqa: BLE001 - the run reports a gallery it cannot open by itself
+        return
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
 
 
 @main.command()

@@ -69,6 +69,8 @@ def metrics_cmd(pred_dir, gt_dir, out, as_json, **opts) -> None:
         for name, st in res["status"].items():
             if st != "ok":
                 click.echo(f"  {name}: {st}", err=True)
+        for note in res.get("notes", [])[:20]:
+            click.echo(f"  not scored: {note}", err=True)
         click.echo(f"\n{res['pairs']} pairs scored, {res['failed']} failed, {len(res['unmatched'])} predictions without GT")
     sys.exit(EXIT_PARTIAL if res["failed"] else 0)
 

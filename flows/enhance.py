@@ -19,7 +19,7 @@ from prefect import get_run_logger
 from flows._setup import flow, flow_setup
 from flows._summary import publish_summary
 from rasr import catalog, images, manifest, runlog, runreport, storage
-from rasr.enhance_run import EnhanceConfig, check_inputs, plan
+from rasr.enhance_run import EnhanceConfig, check_inputs, output_for, plan
 from tasks.actors import EnhanceActor
 from tasks.cluster import Cluster
 from tasks.shards import process_shards
@@ -43,15 +43,25 @@ def enhance_archive(input: str, output: str, config: EnhanceConfig | None = None
     t0 = time.perf_counter()
     started = dt.datetime.now(dt.timezone.utc)
     run_id = runlog.new_run_id()
+    output = output_for(cfg, input, output)  # OUTPUT, or OUTPUT/<input>-<hash> with nest_by_input
     check_inputs(cfg, input, output)
     cfg_hash = cfg.hash()
+    planned_at = time.time()
     work = plan(cfg, input, output, since)
     items, shards, todo = work.items, work.shards, work.todo
     log.info(f"{len(items)} inputs, {len(items) - todo} already done, {todo} to enhance in {len(shards)} shards")
+    warnings = []
+    if cfg.db and shards:
+        from rasr.gallery import empty_warning
+
+        if warning := empty_warning(cfg.db, cfg.table):
+            log.warning(warning)
+            warnings.append(warning)
 
     results, failures, placement = process_shards(
         EnhanceActor, vars(cfg), shards, output, run_id, cfg_hash, {catalog.MANIFEST_DIR: manifest.SCHEMA},
-        CALL_BATCHES * cfg.batch_size, "enhancing", show_progress, cluster, max_inflight=max_inflight_shards)
+        CALL_BATCHES * cfg.batch_size, "enhancing", show_progress, cluster, max_inflight=max_inflight_shards,
+        planned_at=planned_at)
 
     counts = Counter()
     for r in results:
@@ -67,7 +77,7 @@ def enhance_archive(input: str, output: str, config: EnhanceConfig | None = None
         "done_by_other_runs": sum(r["done_elsewhere"] for r in results),
         "workers": len(placement), "nodes": len({p["node_id"] for p in placement}),
         "seconds": round(time.perf_counter() - t0, 2),
-        "manifest": storage.redact(storage.join(output, catalog.MANIFEST_DIR)),
+        "manifest": storage.redact(storage.join(output, catalog.MANIFEST_DIR)), "warnings": warnings,
         "images": storage.redact(storage.join(output, catalog.IMAGES_DIR)),
     }
     errors = []

@@ -47,13 +47,15 @@ def evaluate(hr: str, out: str, config: EvalConfig | None = None, cluster: Clust
                               pairs=evalsets.read_pairs(cfg.pairs_file, items) if cfg.pairs_file else {},
                               lr_files=evalsets.match_lr(cfg.lr_dir, items) if cfg.lr_dir else {})
     cfg_hash = cfg.hash()
+    planned_at = time.time()
     done = catalog.covered(catalog.done_markers(out), cfg_hash)
     shards = catalog.plan(items, done, cfg_hash, cfg.shard_size)
     todo = sum(len(s.items) for s in shards)
     log.info(f"{len(items)} test images, {len(items) - todo} already evaluated, {todo} to go in {len(shards)} shards")
     schemas = {catalog.MANIFEST_DIR: EVAL_SCHEMA, RETRIEVAL_DIR: RETRIEVAL_SCHEMA}
     results, failures, _ = process_shards(
-        EvalActor, vars(cfg), shards, out, run_id, cfg_hash, schemas, 1, "evaluating", show_progress, cluster)
+        EvalActor, vars(cfg), shards, out, run_id, cfg_hash, schemas, 1, "evaluating", show_progress, cluster,
+        planned_at=planned_at)
 
     rows, summary, status, table1, table5 = evalsets.write_results(out, items, cfg, enc_status, primary)
 
@@ -90,7 +92,8 @@ def score_folder(pred: str, gt: str, out: str | None = None, config: ScoreConfig
     means, summary = evalsets.score_summary(df, status, names, pred, gt)
     table = report.table1_markdown(summary, {**status}, None)
     result = {"pairs": len(pairs), "unmatched": unmatched, "failed": int((df["status"] == "error").sum()),
-              "means": means, "status": status, "table": table}
+              "means": means, "status": status, "table": table,
+              "notes": [f"{r['image']}: {r['notes']}" for r in df.to_dict("records") if r.get("notes")]}
     if out:
         storage.write_parquet(storage.join(out, "metrics.parquet"), pa.Table.from_pandas(df, preserve_index=False))
         storage.write_parquet(storage.join(out, "summary.parquet"), pa.Table.from_pandas(summary, preserve_index=False))

@@ -96,22 +96,59 @@ def done_markers(out: str) -> list[dict]:
         return list(pool.map(lambda p: json.loads(open(p, "rb").read()), paths))
 
 
-def covered(markers: list[dict], cfg_hash: str) -> dict[str, tuple[int, str]]:
-    """relpath -> (size, mtime) of inputs finished under this config."""
-    done: dict[str, tuple[int, str]] = {}
+def covered(markers: list[dict], cfg_hash: str, retry_failed: bool = False) -> dict[str, list[dict]]:
+    """relpath -> [{size, mtime, sha256}] of the versions of each input finished under this config.
+
+    An input that failed for a reason that can pass (marked `retry`: storage, permissions, memory) is not
+    finished: the next run tries it again; with `retry_failed`, no failed input is. Every marker counts
+    (an input edited since keeps its older versions' entries, which no longer match it)."""
+    done: dict[str, list[dict]] = {}
     for m in markers:
         if m.get("config_hash") != cfg_hash:
             continue
         for it in m.get("items", []):
-            done[it["relpath"]] = (int(it["size"]), str(it["mtime"]))
+            if it.get("status") == "error" and (it.get("retry") or retry_failed):
+                continue
+            done.setdefault(it["relpath"], []).append(
+                {"size": int(it["size"]), "mtime": str(it["mtime"]), "sha256": it.get("sha256")})
     return done
 
 
-def plan(items: list[Item], done: dict[str, tuple[int, str]], cfg_hash: str, shard_size: int) -> list[Shard]:
+def is_done(item: Item, versions: list[dict] | tuple = ()) -> bool:
+    """The input as listed now (size and mtime) is one of the finished versions."""
+    return any(v["size"] == item.size and v["mtime"] == item.mtime for v in versions)
+
+
+def same_bytes(items: list[Item], done: dict[str, list[dict]], threads: int = 8) -> dict[str, list[dict]]:
+    """`done` plus the inputs whose mtime changed but whose bytes did not (replaced by an identical copy):
+    their sha256 decides, read only for inputs of a finished version's size."""
+    suspects = [(it, {v["sha256"] for v in done.get(it.relpath, ()) if v["size"] == it.size and v.get("sha256")})
+                for it in items if not it.status and not is_done(it, done.get(it.relpath, ()))]
+    suspects = [(it, shas) for it, shas in suspects if shas]
+    if not suspects:
+        return done
+
+    def unchanged(pair) -> bool:
+        it, shas = pair
+        try:
+            return hashlib.sha256(storage.read_bytes(it.uri)).hexdigest() in shas
+        except Exception:  # noqa: BLE001 - unreadable now: the run itself records why
+            return False
+
+    with ThreadPoolExecutor(threads) as pool:
+        same = list(pool.map(unchanged, suspects))
+    out = dict(done)
+    for (it, _), ok in zip(suspects, same):
+        if ok:
+            out[it.relpath] = [*out[it.relpath], {"size": it.size, "mtime": it.mtime, "sha256": None}]
+    return out
+
+
+def plan(items: list[Item], done: dict[str, list[dict]], cfg_hash: str, shard_size: int) -> list[Shard]:
     """Shards of at most `shard_size` inputs for everything not already done (unchanged)."""
     if shard_size < 1:
         raise ValueError(f"shard size must be >= 1, got {shard_size}")
-    todo = [it for it in items if done.get(it.relpath) != (it.size, it.mtime)]
+    todo = [it for it in items if not is_done(it, done.get(it.relpath, ()))]
     shards = []
     for i in range(0, len(todo), shard_size):
         chunk = todo[i:i + shard_size]

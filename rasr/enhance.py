@@ -98,6 +98,7 @@ class EnhanceWorker:
         self.restorer = Restorer(self.generator, tile=cfg.tile, overlap=cfg.overlap, color_fix=cfg.color_fix,
                                  batch_size=cfg.batch_size)
         self._tagger = getattr(self.generator, "tagger", None)  # text-conditioned generators carry one
+        self._gallery_version = self.gallery.version() if self.gallery else None  # the one this worker searches
         files = getattr(self.generator, "weights_files", None)
         self._weights_files = json.dumps(files, sort_keys=True) if files else None
         self._refs = images.DecodedCache(max_items=64, max_side=REF_MAX_SIDE)
@@ -134,7 +135,23 @@ class EnhanceWorker:
             self._restore_and_write(*prepared.popleft(), out, writes)
         for fut in writes:
             fut.result()
+        for row in rows:
+            if row["status"] == "error":
+                self._drop_stale_output(row, out)
         return rows
+
+    def _drop_stale_output(self, row: dict, out: str) -> None:
+        """An input that failed this time must not keep an output made from an earlier version of it beside
+        its error row: remove it, or (when it cannot be removed) say in the row that it is stale."""
+        uri = catalog.output_uri(out, row["relpath"], self.encoding.extension)
+        try:
+            if not storage.exists(uri):
+                return
+            storage.remove(uri)
+            _note(row, "the output of an earlier version of this input was removed")
+        except Exception as e:  # noqa: BLE001 - cannot remove (immutable, permissions): the row says so
+            row["error"] = (f"{row['error']}; STALE: {storage.redact(uri)} holds the output of an earlier version of "
+                            f"this input and could not be removed ({storage.redact(e)})")
 
     def _batches(self, items: list[Item], rows: list[dict]):
         """Decoded inputs in batches of one size: full batches as soon as they fill, others when the
@@ -177,7 +194,7 @@ class EnhanceWorker:
         except Exception as e:  # a file's own problem becomes its row's reason
             if not storage.is_about_the_file(e):
                 raise  # the store is unavailable: fail the batch (its shard is redone), record no verdict
-            row.update(status="error", error=f"cannot read: {storage.redact(e)}", processed_at=_now())
+            row.update(status="error", error=f"cannot read: {storage.redact(e)}", processed_at=_now(), retry=True)
             return None
         t1 = time.perf_counter()
         row["sha256"] = sha256(data)
@@ -243,7 +260,8 @@ class EnhanceWorker:
                     try:
                         outs.append(self.restorer.restore([lr], [ref], [prompt])[0])
                     except Exception as e:  # noqa: BLE001 - the input the generator fails on gets the reason
-                        row.update(status="error", error=f"generator failed: {e.__class__.__name__}: {e}")
+                        row.update(status="error", error=f"generator failed: {e.__class__.__name__}: {e}",
+                                   retry=is_out_of_memory(e))  # memory can be there next time; a bug stays
                         outs.append(None)
         t_restore = (time.perf_counter() - t0) * 1e3
         pixels = sum(d.width * d.height for _, d in batch) or 1
@@ -287,7 +305,9 @@ class EnhanceWorker:
         except Exception as e:
             if not storage.is_about_the_file(e) and not isinstance(e, (ValueError, images.ImageError)):
                 raise  # the store is unavailable: fail the batch (its shard is redone)
-            row.update(status="error", error=f"cannot write output: {storage.redact(e)}")
+            # a permission or a full disk can pass (retried by the next run); an image the format cannot hold stays
+            row.update(status="error", error=f"cannot write output: {storage.redact(e)}",
+                       retry=not isinstance(e, (ValueError, images.ImageError)))
         row["processed_at"] = _now()
         t = row["timings_ms"]
         t["total"] = sum(v for k, v in t.items() if k != "total")
@@ -298,7 +318,9 @@ class EnhanceWorker:
         row.update(source_uri=item.uri, relpath=item.relpath, generator=self.generator.name,
                    weights_id=self.generator.weights_id, config_hash=self.cfg_hash, shard_id=shard_id,
                    run_id=run_id, encoder=self.encoder.id if self.encoder else None, worker=self.worker_id,
-                   fusion_scale=self.generator.info().get("fusion_scale"), weights_files=self._weights_files)
+                   fusion_scale=self.generator.info().get("fusion_scale"), weights_files=self._weights_files,
+                   gallery_table=self.gallery.name if self.gallery else None,
+                   gallery_version=self._gallery_version)
         return row
 
     def _prompt(self, row: dict, dec: images.Decoded, ref: np.ndarray | None) -> str:

@@ -4,7 +4,11 @@ arguments (a mistake is a usage error in about a second, before any engine start
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
+import time
 from dataclasses import asdict, dataclass
 
 from rasr import catalog, images, listing, options, storage
@@ -16,7 +20,8 @@ from rasr.options import STRICT, option
 
 
 # what `identity` leaves out: the same outputs whatever these are
-NOT_HASHED = ("device", "batch_size", "db", "png_level", "quality", "shard_size", "follow_symlinks")
+NOT_HASHED = ("device", "batch_size", "db", "png_level", "quality", "shard_size", "follow_symlinks", "nest_by_input",
+              "retry_failed")
 
 
 @dataclass
@@ -59,6 +64,10 @@ class EnhanceConfig:
     shard_size: int = option(64, "Images per shard (unit of resume).", low=1)
     follow_symlinks: bool = option(False, "Follow symlinks that point outside INPUT (by default they are recorded "
                                           "as skipped).")
+    nest_by_input: bool = option(False, "Write into OUTPUT/<input name>-<hash>/ so that several INPUTs can share one "
+                                        "OUTPUT (without it, an OUTPUT belongs to the INPUT of its first run).")
+    retry_failed: bool = option(False, "Also redo inputs that failed for good (not an image, too large...); inputs "
+                                       "that failed for a reason that can pass are always retried.")
 
     def identity(self) -> dict:
         d = asdict(self)
@@ -86,7 +95,8 @@ class UsageError(ValueError):
 
 def check_inputs(cfg: EnhanceConfig, input: str, output: str) -> None:
     """Validate every argument before any engine starts: a mistake is reported in about a second,
-    not after Prefect, Ray and the models have started (or, worse, after the work is done)."""
+    not after Prefect, Ray and the models have started (or, worse, after the work is done); then claim
+    OUTPUT for INPUT (`claim_output`). `output` is where the run writes (`output_for`)."""
     if cfg.generator not in GENERATORS and ":" not in cfg.generator:  # module:Class = a custom generator
         raise UsageError(f"unknown generator {cfg.generator!r}: choose one of {', '.join(GENERATORS)}")
     if cfg.color_fix not in COLOR_FIXES:
@@ -103,6 +113,52 @@ def check_inputs(cfg: EnhanceConfig, input: str, output: str) -> None:
     _check_locations(input, output)
     if cfg.db:
         _check_gallery(cfg.db, cfg.table)
+    claim_output(input, output)  # last: a run refused for another reason claims nothing
+
+
+OWNER_FILE = "_input.json"  # OUTPUT's first INPUT: a run from another INPUT is refused
+
+
+def input_identity(input: str) -> str:
+    """One spelling of an INPUT location (real path, normalised prefix; credentials never kept)."""
+    return storage.redact(storage.normalise(input))
+
+
+def output_for(cfg: EnhanceConfig, input: str, output: str) -> str:
+    """Where this run writes: OUTPUT itself, or with --nest-by-input OUTPUT/<input folder name>-<8 hex of its
+    identity>/ (readable, and two inputs of the same name never meet)."""
+    if not cfg.nest_by_input:
+        return output
+    ident = input_identity(input)
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", ident.rstrip("/").rsplit("/", 1)[-1]).strip("._") or "input"
+    return storage.join(output, f"{name}-{hashlib.sha256(ident.encode()).hexdigest()[:8]}")
+
+
+def claim_output(input: str, output: str) -> None:
+    """OUTPUT belongs to one INPUT: the first run records it in OUTPUT/_input.json (created atomically, so
+    of two runs that start together from different INPUTs one wins); a run from another INPUT is refused
+    before any work, so no enhanced photo of one input is ever overwritten by another's."""
+    from rasr.locks import create_once
+
+    ident = input_identity(input)
+    uri = storage.join(output, OWNER_FILE)
+    body = json.dumps({"input": ident, "claimed_at": time.time()}).encode()
+    if create_once(uri, body):
+        return
+    for _ in range(50):  # a file being created elsewhere (non-atomic stores) is complete within moments
+        try:
+            owner = json.loads(storage.read_bytes(uri)).get("input")
+            break
+        except (ValueError, FileNotFoundError):
+            time.sleep(0.1)
+    else:
+        raise UsageError(f"{storage.redact(uri)} is unreadable: it records which INPUT OUTPUT belongs to; "
+                         f"remove it only if OUTPUT holds the outputs of this INPUT alone")
+    if owner != ident:
+        raise UsageError(
+            f"output {storage.redact(output)} holds the outputs of input {owner}, not of {ident}: enhancing another "
+            f"input into it would overwrite photos of the same name. Give another OUTPUT, or pass --nest-by-input "
+            f"to keep each input's outputs under OUTPUT/<input name>-<hash>/")
 
 
 def _check_locations(input: str, output: str) -> None:
@@ -162,12 +218,14 @@ class Plan:
 
 
 def plan(cfg: EnhanceConfig, input: str, output: str, since: float | None = None) -> Plan:
-    """List inputs, drop those finished shards cover (same config, same size and mtime), shard the rest.
+    """List inputs, drop those finished shards cover (same config, same size and mtime, or the same bytes),
+    shard the rest; inputs that failed for a reason that can pass are planned again.
 
     since: only inputs modified at or after this epoch time (the nightly watermark)."""
     items = catalog.list_inputs(input, cfg.follow_symlinks)
     listed = len(items)
     if since is not None:
         items = [i for i in items if (listing.mtime_seconds(i.mtime) or float("inf")) >= since]
-    done = catalog.covered(catalog.done_markers(output), cfg.hash())
+    done = catalog.covered(catalog.done_markers(output), cfg.hash(), retry_failed=cfg.retry_failed)
+    done = catalog.same_bytes(items, done)  # a file replaced by identical bytes is not redone
     return Plan(listed, items, catalog.plan(items, done, cfg.hash(), cfg.shard_size))

@@ -132,16 +132,17 @@ def score_pairs(pairs, metric_names: list[str], crop_border: int = 0,
     """One row per (prediction, ground truth) pair with every metric (None where unavailable or the
     image is too small for NIQE), and each metric's status; a pair that fails is a row with its reason."""
     suite = metrics.MetricSuite(list(metric_names), crop_border=crop_border)
-    small = metrics.MetricSuite([m for m in metric_names if m != "niqe"], crop_border=crop_border)
     rows = []
     for p, g in progress(pairs):
-        row = {"image": p.relpath, "pred_uri": p.uri, "gt_uri": g.uri, "status": "ok", "error": None}
+        row = {"image": p.relpath, "pred_uri": p.uri, "gt_uri": g.uri, "status": "ok", "error": None, "notes": None,
+               **{m: None for m in metric_names}}
         try:
             x = images.load_rgb(storage.read_bytes(p.uri))
             y = images.load_rgb(storage.read_bytes(g.uri))
-            s = suite if min(x.shape[:2]) >= metrics.NIQE_MIN_SIZE else small
-            row.update({m: None for m in metric_names})
-            row.update(s.score(x, y))
+            values, reasons = suite.score_with_reasons(x, y)
+            row.update(values)
+            if reasons:  # the metrics that could not run on this image, each with why; the others are scored
+                row["notes"] = "; ".join(f"{m}: {why}" for m, why in reasons.items())
         except Exception as e:  # noqa: BLE001 - one bad pair is a row with the reason
             row.update(status="error", error=storage.redact(str(e)))
         rows.append(row)

@@ -99,6 +99,16 @@ def connect(db_uri: str):
     return lancedb.connect(db_uri, storage_options=storage.lance_storage_options(db_uri))
 
 
+def empty_warning(db_uri: str, table: str | None = None, failed: int = 0) -> str | None:
+    """A warning when the gallery table holds no photo (retrieval then finds nothing), else None."""
+    g = Gallery.open(db_uri, table)
+    if g.count():
+        return None
+    why = f" (all {failed} files failed: see the index summary)" if failed else ""
+    return (f"gallery table {g.name} in {storage.redact(db_uri)} holds no photos{why}: retrieval will find no "
+            f"reference; index photos with `rasr index GALLERY --db {storage.redact(db_uri)}`")
+
+
 class Gallery:
     """A LanceDB table of reference embeddings."""
 

@@ -215,6 +215,38 @@ class Lease:
         return self.uri.startswith("s3://")
 
 
+def create_once(uri: str, body: bytes) -> bool:
+    """Write `body` at `uri` only if nothing is there yet; True when this call created it. Atomic where the
+    store allows it: locally a complete temporary file hard-linked into place (never a half-written file
+    under the name), on s3:// a PUT with If-None-Match: *; elsewhere an existence check then a write."""
+    if uri.startswith("s3://"):
+        client = _s3_client()
+        bucket, _, key = uri[len("s3://"):].partition("/")
+        try:
+            client.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
+            return True
+        except client.exceptions.ClientError as e:
+            if _precondition_failed(e):
+                return False
+            raise
+    if storage.is_remote(uri):
+        if storage.exists(uri):
+            return False
+        storage.write_bytes(uri, body)
+        return True
+    os.makedirs(os.path.dirname(os.path.abspath(uri)), exist_ok=True)
+    tmp = storage.temp_path(uri)
+    with open(tmp, "wb") as f:
+        f.write(body)
+    try:
+        os.link(tmp, uri)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+
+
 def _parse(data: bytes) -> dict:
     try:
         value = json.loads(data)

@@ -28,6 +28,8 @@ SCHEMA = pa.schema([
     pa.field("weights_id", pa.string()),
     pa.field("weights_files", pa.string()),       # JSON {file: sha256} of the weight files loaded (diffusion)
     pa.field("encoder", pa.string()),
+    pa.field("gallery_table", pa.string()),       # the LanceDB table references came from ...
+    pa.field("gallery_version", pa.int64()),      # ... and its version (a re-index makes a new one)
     pa.field("config_hash", pa.string()),
     pa.field("prompt", pa.string()),
     pa.field("tagger", pa.string()),

@@ -203,23 +203,47 @@ class MetricSuite:
 
     def score(self, pred: np.ndarray, gt: np.ndarray | None = None) -> dict[str, float | None]:
         """Scores of one uint8 RGB (H, W, 3) image; None where unavailable, and for FR metrics without gt."""
+        values, reasons = self.score_with_reasons(pred, gt)
+        if "niqe" in reasons and "niqe" in self.metrics:  # the evaluation scores small images with another suite
+            raise ValueError(f"pred is {_size(pred)}: {reasons['niqe']}; leave 'niqe' out of names for smaller images")
+        return values
+
+    def score_with_reasons(self, pred: np.ndarray, gt: np.ndarray | None = None
+                           ) -> tuple[dict[str, float | None], dict[str, str]]:
+        """(scores, {metric: why it has no score}) of one image: a metric that cannot run on this image (too
+        small for its window, say) is None with a reason a person understands; the others are still scored."""
         x = to_tensor(pred, "pred")
         y = None if gt is None else to_tensor(gt, "gt")
         if y is not None and x.shape != y.shape:
             raise ValueError(f"pred is {_size(pred)} but gt is {_size(gt)}: full-reference metrics "
                              f"need the same size; resize or crop pred to the gt size")
-        if "niqe" in self.metrics and min(x.shape[-2:]) < NIQE_MIN_SIZE:
-            raise ValueError(f"pred is {_size(pred)}: NIQE needs at least {NIQE_MIN_SIZE}x{NIQE_MIN_SIZE} "
-                             f"pixels; leave 'niqe' out of names for smaller images")
         out: dict[str, float | None] = {}
+        reasons: dict[str, str] = {}
+        side = min(x.shape[-2:])
         for n in self.names:
             metric = self.metrics.get(n)
+            out[n] = None
             if metric is None or (n in FULL_REFERENCE and y is None):
-                out[n] = None
-            else:
-                args = (x, y) if n in FULL_REFERENCE else (x,)
+                continue
+            need = MIN_SIDE.get(n, 0) + (2 * self.crop_border if n in ("psnr", "ssim") else 0)
+            if side < need:
+                reasons[n] = (f"needs at least {need}x{need} pixels ({MIN_SIDE_WHY[n]}), the image is {_size(pred)}"
+                              + (f" with a {self.crop_border}-px border left out" if n in ("psnr", "ssim")
+                                 and self.crop_border else ""))
+                continue
+            args = (x, y) if n in FULL_REFERENCE else (x,)
+            try:
                 out[n] = float(metric(*(a.to(self.device) for a in args)).item())
-        return out
+            except Exception as e:  # noqa: BLE001 - one metric failing on one image leaves the others
+                reasons[n] = f"could not score this {_size(pred)} image: {e.__class__.__name__}: {str(e)[:200]}"
+        return out, reasons
+
+
+# the smallest side each metric works on, and why (smaller images get a reason instead of a score)
+MIN_SIDE = {"ssim": 11, "niqe": NIQE_MIN_SIZE, "lpips": 32, "dists": 32, "musiq": 32, "clipiqa": 32}
+MIN_SIDE_WHY = {"ssim": "its 11x11 Gaussian window", "niqe": "its 96x96 blocks",
+                "lpips": "its network's downsampling", "dists": "its network's downsampling",
+                "musiq": "its patches", "clipiqa": "its network's input"}
 
 
 def fid(pred_dir: str, gt_dir: str, device=None) -> float | None:

@@ -237,6 +237,8 @@ def row_html(r: dict, i: int, thumbs: dict, out: str, new: bool) -> str:
         steps = ", ".join(f"{k} {_ms(v)}" for k, v in t.items() if k != "total" and v)
         facts["time"] = f"{_ms(t['total'])} ms" + (f" ({steps})" if steps else "")
     facts["generator"] = " / ".join(x for x in (r["generator"], r["weights_id"], r["encoder"]) if x) or "-"
+    if r.get("gallery_table"):
+        facts["gallery"] = f"{r['gallery_table']} version {r['gallery_version']}"
     if r["processed_at"] is not None:
         facts["processed"] = f"{r['processed_at']:%Y-%m-%d %H:%M:%S} UTC, run {r['run_id']}"
     if r["notes"]:
@@ -267,6 +269,9 @@ def summary_html(rows: list[dict], runs: list[dict], first_run: str | None, n_ru
              "new in the latest run": sum(r["run_id"] == first_run for r in rows) if first_run else "-",
              "generator": counted("generator") or "-", "weights": counted("weights_id") or "-",
              "encoder": counted("encoder") or "-", "configs": counted("config_hash") or "-",
+             "gallery": ", ".join(f"{t} v{v} ({n})" for (t, v), n in Counter(
+                 (r.get("gallery_table"), r.get("gallery_version")) for r in ok if r.get("gallery_table")).most_common())
+             or "-",
              "references used": f"{sum(bool(r['ref_used']) for r in ok)} of {len(ok)}",
              "similarity": (f"median {np.median(sims):.3f}, min {min(sims):.3f}, max {max(sims):.3f}" if sims else "-"),
              "time per image": (f"median {_ms(np.median(totals))} ms (restore {_ms(np.median(restores or [0]))} ms)"

@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-import torch.nn.functional as F
 
 from rasr import images, storage
 from rasr.dataset import stable_seed
@@ -176,7 +175,8 @@ class Trainer:
             seeds.append(stable_seed(self.cfg.seed, s, micro, self.rank, j))
         gt = torch.cat(gts).to(self.device)
         lr, _ = degrade(gt, seeds)  # Real-ESRGAN degradation on the fly, seeded per sample
-        lr_up = F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
+        # upscaled as at inference (PIL's bicubic, as OSEDiff): the branch learns on what it will be given
+        lr_up = images.resize_pil(lr, (lr.shape[-2] * 4, lr.shape[-1] * 4))
         ref = torch.cat(refs).to(self.device)
         return lr_up * 2 - 1, ref * 2 - 1, prompts, gt * 2 - 1
 

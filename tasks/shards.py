@@ -32,7 +32,7 @@ BATCH_RETRIES = 2
 
 @task(name="run-shard", cache_policy=NONE, retries=1, retry_delay_seconds=2)
 def run_shard(shard: dict, out: str, run_id: str, cfg_hash: str, pool: ActorPool, per_call: int,
-              schemas: dict[str, pa.Schema], progress_key: str = "") -> dict:
+              schemas: dict[str, pa.Schema], progress_key: str = "", planned_at: float = 0.0) -> dict:
     """Process every input of a shard; the done-marker is written last, only when all rows exist.
 
     The shard is claimed first (a lease next to the done-markers): a shard another live run holds is
@@ -46,7 +46,7 @@ def run_shard(shard: dict, out: str, run_id: str, cfg_hash: str, pool: ActorPool
         return _result(s, deferred=len(s.items), held_by=holder.get("run_id") or "another run")
     try:
         if lease is not None:
-            if storage.exists(catalog.done_marker_uri(out, s.id)):  # finished by the run we waited on
+            if _finished_since(out, s.id, planned_at):  # finished by a run we waited on
                 progress.advance(progress_key, len(s.items))
                 return _result(s, done_elsewhere=len(s.items))
             lease.keep_renewed()
@@ -54,6 +54,19 @@ def run_shard(shard: dict, out: str, run_id: str, cfg_hash: str, pool: ActorPool
     finally:
         if lease is not None:
             lease.release()
+
+
+def _finished_since(out: str, sid: str, planned_at: float) -> bool:
+    """The shard's done-marker was written by another run after this run planned. An older marker is one
+    the plan already read and chose to redo (inputs that failed for a reason that can pass): not done."""
+    uri = catalog.done_marker_uri(out, sid)
+    if not storage.exists(uri):
+        return False
+    try:
+        finished = dt.datetime.fromisoformat(storage.read_json(uri)["finished_at"]).timestamp()
+    except (KeyError, ValueError, TypeError):
+        return True  # unreadable: trust that it is done, as before markers had times
+    return finished >= planned_at
 
 
 def _result(s: Shard, **extra) -> dict:
@@ -110,15 +123,20 @@ def _process(s: Shard, out: str, run_id: str, cfg_hash: str, pool: ActorPool, pe
         faults.point("manifest-write")
         manifest.write_rows(manifest.shard_table_uri(out, name, s.id), tables[name], schema, catalog.temp_dir(out))
     counts = Counter(r["status"] for r in rows)
-    status_of = {}
+    status_of, retry_of, sha_of = {}, {}, {}
     for r in rows:  # an input counts as failed if any of its rows failed
         status_of[r["relpath"]] = "error" if "error" in (r["status"], status_of.get(r["relpath"])) else r["status"]
+        if r["status"] == "error" and r.get("retry"):  # failed for a reason that can pass: the next run retries it
+            retry_of[r["relpath"]] = True
+        if r.get("sha256"):
+            sha_of[r["relpath"]] = r["sha256"]
     marker = {
         "shard_id": s.id, "config_hash": cfg_hash, "run_id": run_id,
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         "counts": dict(counts), "seconds": round(time.perf_counter() - t0, 3),
         "items": [{"relpath": it["relpath"], "size": it["size"], "mtime": it["mtime"],
-                   "status": status_of[it["relpath"]]} for it in items],
+                   "status": status_of[it["relpath"]], "sha256": sha_of.get(it["relpath"]),
+                   **({"retry": True} if retry_of.get(it["relpath"]) else {})} for it in items],
     }
     faults.point("marker-write")
     storage.write_json(catalog.done_marker_uri(out, s.id), marker, catalog.temp_dir(out))
@@ -129,10 +147,12 @@ def _process(s: Shard, out: str, run_id: str, cfg_hash: str, pool: ActorPool, pe
 
 def process_shards(actor_cls, cfg: dict, shards: list, out: str, run_id: str, cfg_hash: str, schemas: dict,
                    per_call: int, label: str, show_progress: bool, cluster: Cluster | None = None,
-                   max_inflight: int | None = None) -> tuple[list[dict], list[dict], list[dict]]:
+                   max_inflight: int | None = None, planned_at: float | None = None
+                   ) -> tuple[list[dict], list[dict], list[dict]]:
     """Run `shards` with `actor_cls(cfg)` actors and a progress bar; returns (results, failures, placement).
 
-    per_call: inputs sent to an actor per call.
+    per_call: inputs sent to an actor per call. planned_at: when the plan read the done-markers (a marker
+    written later is another run's work; default: now).
     At most `max_inflight` shards (default: workers + 1) are in flight, so a crash loses little work."""
     if not shards:
         return [], [], []
@@ -142,8 +162,9 @@ def process_shards(actor_cls, cfg: dict, shards: list, out: str, run_id: str, cf
     progress.start(key, sum(len(s.items) for s in shards), label, show_progress)
     try:
         with actor_pool(actor_cls, cfg, cluster=cluster) as pool:
+            since = time.time() if planned_at is None else planned_at
             submit = lambda sh: run_shard.submit(sh.to_dict(), out, run_id, cfg_hash, pool,
-                                                 per_call, schemas, key)
+                                                 per_call, schemas, key, since)
             results, failures = run_bounded(shards, submit, max_inflight or pool.spec.workers + 1)
             return results, failures, pool.placement
     finally:

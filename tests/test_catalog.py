@@ -18,7 +18,7 @@ def test_plan_is_deterministic_and_skips_covered_inputs():
     assert [len(s.items) for s in s1] == [4, 4, 2]
     assert [s.id for s in s1] == [s.id for s in catalog.plan(its, {}, "cfg", 4)]
     assert catalog.plan(its, {}, "other-config", 4)[0].id != s1[0].id
-    done = {it.relpath: (it.size, it.mtime) for it in s1[0].items}
+    done = {it.relpath: [{"size": it.size, "mtime": it.mtime}] for it in s1[0].items}
     s2 = catalog.plan(its, done, "cfg", 4)
     assert sum(len(s.items) for s in s2) == 6
     assert not {i.relpath for s in s2 for i in s.items} & set(done)
@@ -26,7 +26,7 @@ def test_plan_is_deterministic_and_skips_covered_inputs():
 
 def test_changed_file_is_planned_again():
     its = items(3)
-    done = {it.relpath: (it.size, it.mtime) for it in its}
+    done = {it.relpath: [{"size": it.size, "mtime": it.mtime}] for it in its}
     changed = [its[0], Item(its[1].uri, its[1].relpath, its[1].size, "t1"), its[2]]
     todo = catalog.plan(changed, done, "cfg", 10)
     assert [i.relpath for s in todo for i in s.items] == [its[1].relpath]
@@ -35,7 +35,43 @@ def test_changed_file_is_planned_again():
 def test_covered_ignores_markers_of_other_configs():
     markers = [{"config_hash": "x", "items": [{"relpath": "a.jpg", "size": 1, "mtime": "t"}]},
                {"config_hash": "y", "items": [{"relpath": "b.jpg", "size": 1, "mtime": "t"}]}]
-    assert catalog.covered(markers, "x") == {"a.jpg": (1, "t")}
+    assert catalog.covered(markers, "x") == {"a.jpg": [{"size": 1, "mtime": "t", "sha256": None}]}
+
+
+def test_every_finished_version_counts_whatever_the_marker_order():
+    """An input edited and redone has two markers; it is done whichever is read last (the order of a listing
+    is not the order of the runs)."""
+    old = {"config_hash": "x", "items": [{"relpath": "a.jpg", "size": 1, "mtime": "t0"}]}
+    new = {"config_hash": "x", "items": [{"relpath": "a.jpg", "size": 2, "mtime": "t1"}]}
+    now = [Item("/in/a.jpg", "a.jpg", 2, "t1")]
+    for markers in ([old, new], [new, old]):
+        assert catalog.plan(now, catalog.covered(markers, "x"), "x", 10) == []
+
+
+def test_failures_that_can_pass_are_retried_and_verdicts_kept():
+    m = {"config_hash": "x", "items": [
+        {"relpath": "io.jpg", "size": 1, "mtime": "t", "status": "error", "retry": True},
+        {"relpath": "bad.jpg", "size": 1, "mtime": "t", "status": "error"},
+        {"relpath": "ok.jpg", "size": 1, "mtime": "t", "status": "ok"}]}
+    now = [Item(f"/in/{n}", n, 1, "t") for n in ("io.jpg", "bad.jpg", "ok.jpg")]
+    todo = lambda **kw: [i.relpath for s in catalog.plan(now, catalog.covered([m], "x", **kw), "x", 10)
+                         for i in s.items]
+    assert todo() == ["io.jpg"]
+    assert todo(retry_failed=True) == ["io.jpg", "bad.jpg"]
+    redone = {"config_hash": "x", "items": [{"relpath": "io.jpg", "size": 1, "mtime": "t", "status": "ok"}]}
+    assert catalog.plan(now, catalog.covered([m, redone], "x"), "x", 10) == []
+
+
+def test_identical_bytes_with_a_new_mtime_are_not_redone(tmp_path):
+    import hashlib
+
+    (tmp_path / "a.jpg").write_bytes(b"same")
+    (tmp_path / "b.jpg").write_bytes(b"diff")
+    sha = hashlib.sha256(b"same").hexdigest()
+    m = {"config_hash": "x", "items": [{"relpath": n, "size": 4, "mtime": "old", "sha256": sha} for n in ("a.jpg", "b.jpg")]}
+    now = [Item(str(tmp_path / n), n, 4, "new") for n in ("a.jpg", "b.jpg")]
+    done = catalog.same_bytes(now, catalog.covered([m], "x"))
+    assert [i.relpath for s in catalog.plan(now, done, "x", 10) for i in s.items] == ["b.jpg"]
 
 
 @pytest.mark.parametrize("rel, expected", [
