@@ -205,7 +205,8 @@ class MetricSuite:
         """Scores of one uint8 RGB (H, W, 3) image; None where unavailable, and for FR metrics without gt."""
         values, reasons = self.score_with_reasons(pred, gt)
         if "niqe" in reasons and "niqe" in self.metrics:  # the evaluation scores small images with another suite
-            raise ValueError(f"pred is {_size(pred)}: {reasons['niqe']}; leave 'niqe' out of names for smaller images")
+            raise ValueError(f"pred is {_size(pred)}: NIQE needs at least {NIQE_MIN_SIZE}x{NIQE_MIN_SIZE} "
+                             f"pixels; leave 'niqe' out of names for smaller images")
         return values
 
     def score_with_reasons(self, pred: np.ndarray, gt: np.ndarray | None = None

@@ -229,6 +229,24 @@ def test_niqe_refuses_images_smaller_than_a_block(niqe_prior_path, chelsea):
         suite.score(np.ascontiguousarray(chelsea[:64, :64]))
 
 
+def test_each_metric_that_cannot_run_says_why(niqe_prior_path, chelsea, tmp_path):
+    from rasr import evalsets
+
+    for d in ("pred", "gt"):
+        (tmp_path / d).mkdir()
+        Image.fromarray(chelsea[:1, :1]).save(tmp_path / d / "dot.png")          # 1x1: only PSNR can run
+        Image.fromarray(chelsea[:128, :128]).save(tmp_path / d / "crop.png")    # every metric runs
+    pairs, _ = evalsets.pair_by_name(str(tmp_path / "pred"), str(tmp_path / "gt"))
+    df, _ = evalsets.score_pairs(pairs, ["psnr", "ssim", "niqe"])
+    rows = {r["image"]: r for r in df.to_dict("records")}
+    dot, crop = rows["dot.png"], rows["crop.png"]
+    assert dot["status"] == "ok" and dot["psnr"] == pytest.approx(metrics.PSNR_CAP)  # still scored
+    assert np.isnan(dot["ssim"]) or dot["ssim"] is None
+    assert "ssim: needs at least 11x11 pixels (its 11x11 Gaussian window), the image is 1x1" in dot["notes"]
+    assert "niqe: needs at least 96x96 pixels" in dot["notes"] and "kernel" not in dot["notes"]
+    assert not isinstance(crop["notes"], str) and crop["ssim"] == pytest.approx(1.0) and crop["niqe"] > 0
+
+
 # ---- metrics with weights ------------------------------------------------------------------------
 
 def test_missing_weights_are_reported_fast_and_offline(tmp_path, photos, no_network):
