@@ -34,6 +34,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
+import rasr
+
 from rasr import catalog, faults, images, storage
 from rasr.catalog import Item
 from rasr.enhance_run import EnhanceConfig
@@ -98,6 +100,12 @@ class EnhanceWorker:
         self.restorer = Restorer(self.generator, tile=cfg.tile, overlap=cfg.overlap, color_fix=cfg.color_fix,
                                  batch_size=cfg.batch_size)
         self._tagger = getattr(self.generator, "tagger", None)  # text-conditioned generators carry one
+        self._signer = None
+        cert, key = cfg.c2pa_cert or os.environ.get("RASR_C2PA_CERT"), cfg.c2pa_key or os.environ.get("RASR_C2PA_KEY")
+        if cert or key:  # a deployment passes them through the environment
+            from rasr.credentials import Signer
+
+            self._signer = Signer(cert or "", key or "")
         self._gallery_version = self.gallery.version() if self.gallery else None  # the one this worker searches
         files = getattr(self.generator, "weights_files", None)
         self._weights_files = json.dumps(files, sort_keys=True) if files else None
@@ -201,12 +209,16 @@ class EnhanceWorker:
         row["timings_ms"]["read"] = (t1 - t0) * 1e3
         try:
             faults.point("decode")
-            dec = images.decode_image(data, max_pixels=self.cfg.max_pixels)
+            dec = images.decode_image(data, max_pixels=self.cfg.max_pixels, name=item.relpath)
         except images.ImageError as e:
             row.update(status="error", error=str(e), processed_at=_now())
             return None
         row.update(width=dec.width, height=dec.height, source_mode=dec.source_mode, alpha=dec.alpha is not None,
                    frames=dec.frames)
+        from rasr import metadata
+
+        dec.meta = metadata.read_source(data, dec.exif)  # XMP, IPTC: carried to the output
+        dec.source = data if self._signer is not None else None  # the C2PA ingredient
         for note in dec.notes:
             _note(row, note)
         row["timings_ms"]["decode"] = (time.perf_counter() - t1) * 1e3
@@ -249,7 +261,7 @@ class EnhanceWorker:
     def _restore_and_write(self, batch: list[tuple[dict, images.Decoded]], prepared: Future, out: str,
                            writes: deque[Future]) -> None:
         refs, prompts = prepared.result()
-        lrs = [dec.rgb for _, dec in batch]
+        lrs = [dec.pixels for _, dec in batch]  # 16 bits where the file has them
         t0 = time.perf_counter()
         with self._model_lock:
             try:
@@ -294,13 +306,13 @@ class EnhanceWorker:
         try:
             h, w = hr.shape[:2]
             alpha = images.resize_alpha(dec.alpha, w, h) if dec.alpha is not None else None
-            data = images.encode_image(hr, self.encoding, alpha=alpha, grayscale=dec.grayscale)
+            data, facts = self._derivative(row, dec, hr, alpha)
             t1 = time.perf_counter()
             uri = catalog.output_uri(out, row["relpath"], self.encoding.extension)
             faults.point("image-write")
             storage.write_bytes(uri, data, catalog.temp_dir(out))
             row.update(output_uri=uri, out_width=w, out_height=h, status="ok",
-                       output_encoding=self.encoding.describe(alpha is not None))
+                       output_encoding=self.encoding.describe(alpha is not None), **facts)
             row["timings_ms"].update(encode=(t1 - t0) * 1e3, write=(time.perf_counter() - t1) * 1e3)
         except Exception as e:
             if not storage.is_about_the_file(e) and not isinstance(e, (ValueError, images.ImageError)):
@@ -311,6 +323,43 @@ class EnhanceWorker:
         row["processed_at"] = _now()
         t = row["timings_ms"]
         t["total"] = sum(v for k, v in t.items() if k != "total")
+
+    def _derivative(self, row: dict, dec: images.Decoded, hr: np.ndarray, alpha) -> tuple[bytes, dict]:
+        """The output file: pixels in the input's colour (or sRGB), its metadata and the provenance (rasr/metadata.py),
+        a C2PA manifest when a certificate is given. Returns (bytes, manifest facts)."""
+        from rasr import metadata
+
+        h, w = hr.shape[:2]
+        cfg, ext = self.cfg, self.encoding.extension
+        icc, color, grayscale = dec.icc, dec.color, dec.grayscale
+        if cfg.output_profile == "srgb" and icc and "converted to sRGB" not in color:
+            hr, icc, color = images.to_srgb(hr, icc, grayscale), images.srgb_profile(), f"converted to sRGB from {color[6:]}"
+            grayscale = False
+        carried = []
+        exif = None
+        if dec.exif and not cfg.strip_metadata:
+            exif = metadata.output_exif(dec.exif, w, h, strip_gps=cfg.strip_gps)
+            carried.append("exif")
+        if icc:
+            carried.insert(0, "icc")
+        data = images.encode_image(hr, self.encoding, alpha=alpha, grayscale=grayscale, icc=icc, exif=exif)
+        deep = hr.dtype == np.uint16 and self.encoding.format in ("png", "tiff")
+        if hr.dtype == np.uint16 and not deep:
+            _note(row, f"16-bit input written at 8 bits ({self.encoding.format} holds no more): use --format png or tiff")
+        src = None if cfg.strip_metadata else dec.meta
+        prov = metadata.Provenance(
+            generator=self.generator.name, weights_id=self.generator.weights_id, config_hash=self.cfg_hash,
+            source_path=row["relpath"], source_sha256=row["sha256"],  # relative: true wherever the archive moves
+            references=list(row["ref_ids"][:1]) if row["ref_used"] else [], software=f"rasr {rasr.__version__}")
+        data = metadata.add_xmp_iptc(data, ext, src, prov, strip_gps=cfg.strip_gps)
+        if src is not None:
+            carried += [k for k in ("xmp", "iptc") if k in src.kinds and (k != "iptc" or ext in ("jpg", "jpeg"))]
+        carried.append("provenance")
+        if self._signer is not None:
+            refs = [(row["ref_uris"][0], storage.read_bytes(row["ref_uris"][0]))] if row["ref_used"] else []
+            data = self._signer.sign(data, ext, prov, dec.source, row["relpath"], refs)
+            carried.append("c2pa")
+        return data, {"carried": " ".join(carried), "color": color, "bit_depth": 16 if deep else 8}
 
     # ---- helpers -------------------------------------------------------------------------------
     def _row(self, item: Item, shard_id: str, run_id: str) -> dict:

@@ -21,7 +21,9 @@ from rasr.options import STRICT, option
 
 # what `identity` leaves out: the same outputs whatever these are
 NOT_HASHED = ("device", "batch_size", "db", "png_level", "quality", "shard_size", "follow_symlinks", "nest_by_input",
-              "retry_failed")
+              "retry_failed", "c2pa_cert", "c2pa_key")
+# options added after runs existed: hashed only when set, so earlier runs' hashes (and their resume) hold
+HASHED_WHEN_SET = {"output_profile": "keep", "strip_metadata": False, "strip_gps": False}
 
 
 @dataclass
@@ -52,7 +54,7 @@ class EnhanceConfig:
                                     "refdsr as OSEDiff does, wavelet for realesrgan by measurement, none for bicubic).",
                             choices=tuple(COLOR_FIXES))
     output_format: str = option("png", "Output format (png and webp-lossless keep every pixel; see docs/PERFORMANCE.md).",
-                                flags=("--format",), choices=("png", "jpg", "webp", "webp-lossless"))
+                                flags=("--format",), choices=("png", "jpg", "webp", "webp-lossless", "tiff"))
     png_level: int = option(images.DEFAULT_PNG_LEVEL, "PNG zlib level: 1 writes several times faster than 6 for files "
                                                       "a few per cent larger; same pixels.", low=0, high=9)
     quality: int = option(images.DEFAULT_QUALITY, "jpg / lossy webp quality.", low=1, high=100)
@@ -66,6 +68,13 @@ class EnhanceConfig:
                                           "as skipped).")
     nest_by_input: bool = option(False, "Write into OUTPUT/<input name>-<hash>/ so that several INPUTs can share one "
                                         "OUTPUT (without it, an OUTPUT belongs to the INPUT of its first run).")
+    output_profile: str = option("keep", "Colour of the output: keep the input's ICC profile (the model runs on the "
+                                         "encoded values), or convert to sRGB for web copies.", choices=("keep", "srgb"))
+    strip_metadata: bool = option(False, "Write none of the input's EXIF, XMP and IPTC (the provenance marking stays).")
+    strip_gps: bool = option(False, "Carry the metadata but not the location (EXIF GPS, XMP exif:GPS*).")
+    c2pa_cert: str | None = option(None, "PEM certificate chain to sign a C2PA manifest into each output.",
+                                   envvar="RASR_C2PA_CERT")
+    c2pa_key: str | None = option(None, "PEM private key of --c2pa-cert.", envvar="RASR_C2PA_KEY")
     retry_failed: bool = option(False, "Also redo inputs that failed for good (not an image, too large...); inputs "
                                        "that failed for a reason that can pass are always retried.")
 
@@ -75,6 +84,9 @@ class EnhanceConfig:
         # it was an option, so leaving it out at 95 keeps earlier runs' hashes and their resume)
         for k in NOT_HASHED:
             d.pop(k)
+        for k, default in HASHED_WHEN_SET.items():
+            if d[k] == default:
+                d.pop(k)
         if images.is_lossy(self.output_format) and self.quality != images.DEFAULT_QUALITY:
             d["quality"] = self.quality
         d["db"] = storage.redact(storage.normalise(self.db)) if self.db else None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import tempfile
 
 import pandas as pd
@@ -110,10 +111,28 @@ def _copy(uri: str, folder: str) -> None:
         f.write(storage.read_bytes(uri))
 
 
+_TAG = re.compile(r"~[0-9a-f]{16}$")
+
+
+def output_stem(relpath: str) -> str:
+    """The input path an enhance output name stands for, without extension: the appended format extension
+    and the hash tag are taken off (`cats/a.jpg.png` -> `cats/a`, `IMG_1.JPG~3f0c...png` -> `IMG_1`)."""
+    base = os.path.splitext(relpath)[0]  # the appended output extension (or a plain file's own)
+    base = _TAG.sub("", base)
+    return stem(base) if os.path.splitext(base)[1].lower() in images.IMAGE_EXTENSIONS else base
+
+
 def pair_by_name(pred: str, gt: str) -> tuple[list[tuple[catalog.Item, catalog.Item]], list[str]]:
-    """Images under `pred` matched to ground truth under `gt` by relative path without extension (or
-    by file name): (pairs, relpaths of unmatched predictions)."""
-    preds = {stem(i.relpath): i for i in catalog.list_inputs(pred) if i.is_image}
+    """Images under `pred` matched to ground truth under `gt` by relative path without extension (or by file
+    name): (pairs, relpaths of unmatched predictions). `pred` may be an enhance OUTPUT (its manifest says
+    which input each output is) or any folder of images, enhance's OUTPUT/images included."""
+    if storage.exists(storage.join(pred, catalog.MANIFEST_DIR)):
+        from rasr.manifest import read_manifest
+
+        preds = {stem(r["relpath"]): catalog.Item(r["output_uri"], r["relpath"], 0, "")
+                 for r in read_manifest(pred).to_pylist() if r["status"] == "ok" and r["output_uri"]}
+    else:
+        preds = {output_stem(i.relpath): i for i in catalog.list_inputs(pred) if i.is_image}
     gts = {stem(i.relpath): i for i in catalog.list_inputs(gt) if i.is_image}
     if not gts:
         raise ValueError(f"no images under {storage.redact(gt)}")

@@ -44,6 +44,9 @@ SCHEMA = pa.schema([
     pa.field("source_mode", pa.string()),        # PIL mode of the input file (RGB, CMYK, I;16, ...)
     pa.field("alpha", pa.bool_()),               # the input had an alpha channel, kept in the output
     pa.field("frames", pa.int32()),              # frames in the input (animated GIF/WebP): the first is enhanced
+    pa.field("color", pa.string()),               # the output's colour: profile kept, converted to sRGB, untagged
+    pa.field("bit_depth", pa.int32()),            # bits per channel of the output file (8 or 16)
+    pa.field("carried", pa.string()),             # what the output carries: icc exif xmp iptc provenance c2pa
     pa.field("notes", pa.string()),              # what was done that is worth knowing (OOM retry, first frame...)
     pa.field("shard_id", pa.string()),
     pa.field("run_id", pa.string()),

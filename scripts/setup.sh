@@ -33,6 +33,21 @@ if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/
     fi
 fi
 
+# ICC profiles the colour tests convert real photos into (tests/icc_profiles.py): Adobe RGB and ProPhoto from
+# colord-data, a grey gamma and a CMYK profile from Ghostscript's libgs-common
+if [ ! -f /usr/share/color/icc/colord/AdobeRGB1998.icc ] || [ ! -f /usr/share/color/icc/ghostscript/default_cmyk.icc ]; then
+    install="apt-get install -y colord-data libgs-common"
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive $install -qq) >/dev/null 2>&1 \
+            || echo "note: \`$install\` failed; the colour tests will fail until the profiles are installed" >&2
+    elif command -v apt-get >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        (sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive $install -qq) >/dev/null 2>&1 \
+            || echo "note: \`sudo $install\` failed; the colour tests will fail until the profiles are installed" >&2
+    else
+        echo "note: the colour tests need ICC profiles: sudo $install" >&2
+    fi
+fi
+
 export PREFECT_HOME="${PREFECT_HOME:-$PWD/.prefect}"
 .venv/bin/rasr sample demo
 .venv/bin/rasr index demo/gallery --db demo/refs.lance

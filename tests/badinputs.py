@@ -116,7 +116,7 @@ def write_hostile_inputs(folder: str, outside: str) -> dict[str, tuple[str, str]
     data[at:at + 8] = b"XX\x00\x2a\xff\xff\xff\xff"                          # an unreadable TIFF header
     open(add("bad_exif.jpg", "ok"), "wb").write(bytes(data))
     img().save(add("scan.tif", "ok"), compression="tiff_lzw")
-    open(add("photo.heic", "skipped", "not an image file extension"), "wb").write(b"\x00\x00\x00\x18ftypheic")
+    open(add("photo.heic", "error", "not a recognised image format"), "wb").write(b"\x00\x00\x00\x18ftypheic")
     open(add("drawing.svg", "skipped", "not an image file extension"), "w").write("<svg xmlns='http://www.w3.org/2000/svg'/>")
     os.symlink(p("loop2"), add("loop1", "error", "symlink loop"))
     os.symlink(p("loop1"), add("loop2", "error", "symlink loop"))

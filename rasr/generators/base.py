@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from rasr import colorfix
 from rasr.generators.tiling import tiled_apply
-from rasr.images import resize_pil, to_tensor, to_uint8
+from rasr.images import resize_pil, to_tensor, to_uint8, to_uint16
 
 
 class Generator(abc.ABC):
@@ -84,8 +84,8 @@ class Restorer:
     @torch.inference_mode()
     def restore(self, lrs: Sequence[np.ndarray], refs: Sequence[np.ndarray | None] | None = None,
                 prompts: Sequence[str] | None = None) -> list[np.ndarray]:
-        """Restore (H, W, 3) uint8 images; refs (one per image, or None) feed reference-based models,
-        prompts (one per image) text-conditioned ones."""
+        """Restore (H, W, 3) uint8 or uint16 images (each comes back at its own depth); refs (one per image, or
+        None) feed reference-based models, prompts (one per image) text-conditioned ones."""
         refs = list(refs) if refs is not None else [None] * len(lrs)
         prompts = list(prompts) if prompts is not None else [""] * len(lrs)
         if len(refs) != len(lrs) or len(prompts) != len(lrs):
@@ -108,8 +108,8 @@ class Restorer:
                 texts = [prompts[i] for i in chunk]
                 hr = self._restore_tiled(lr, ref, texts) if key[0] == "tile" else self._restore_padded(lr, ref, texts)
                 hr = self._fix_colour(hr, lr)
-                for j, i in enumerate(chunk):
-                    out[i] = to_uint8(hr[j])
+                for j, i in enumerate(chunk):  # as deep as the input: 16-bit pixels come back 16-bit
+                    out[i] = to_uint16(hr[j]) if lrs[i].dtype == np.uint16 else to_uint8(hr[j])
         return out  # type: ignore[return-value]
 
     def _run(self, lr: torch.Tensor, ref: torch.Tensor | None, prompts: list[str]) -> torch.Tensor:
