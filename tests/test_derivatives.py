@@ -296,12 +296,16 @@ def dng(photo: Image.Image) -> bytes:
 def test_avif_heic_and_raw_are_enhanced(photo, tmp_path):
     import pillow_heif
 
+    from rasr import formats
+
+    assert formats.register_plugins() == {"heif": "ok", "jxl": "ok"}  # installed by the project's own files
     (tmp_path / "in").mkdir()
     photo.save(tmp_path / "in" / "p.avif", quality=90)
+    photo.save(tmp_path / "in" / "p.jxl", quality=90)  # JPEG XL through pillow-jxl-plugin
     pillow_heif.from_pillow(photo).save(str(tmp_path / "in" / "p.heic"), quality=90)
     (tmp_path / "in" / "p.dng").write_bytes(dng(photo))
     rows = enhance(tmp_path / "in", tmp_path / "out")
-    for name in ("p.avif", "p.heic", "p.dng"):
+    for name in ("p.avif", "p.heic", "p.jxl", "p.dng"):
         row = rows[name]
         assert row["status"] == "ok", (name, row["error"])
         out = np.asarray(Image.open(row["output_uri"]).convert("RGB").resize(photo.size, Image.BICUBIC)).astype(float)
