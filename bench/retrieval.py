@@ -88,7 +88,7 @@ def build_table(db_uri: str, mix: Mixture, rows: int, name: str = "bench") -> G.
             "height": pa.array([64] * n, pa.int32()), "size": pa.array([1] * n, pa.int64()),
             "mtime": ["t"] * n, "encoder": ["bench"] * n,
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), mix.dim),
-            "added_at": pa.array([0] * n, pa.timestamp("us", tz="UTC"))}, schema=g.table.schema)
+            "added_at": pa.array([0] * n, pa.timestamp("us", tz="UTC")), "quality": [""] * n}, schema=g.table.schema)
         g.table.add(t)
     g._invalidate()
     return g
@@ -298,14 +298,18 @@ def main(argv=None) -> dict:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="100k exact, 200k ANN (< 5 minutes)")
+    ap.add_argument("--smoke", action="store_true", help="5k exact, 10k ANN: seconds (run by the test suite)")
     ap.add_argument("--exact-rows", type=int, default=100_000)
     ap.add_argument("--ann-rows", type=int, default=None, help="default 1M, 200k with --quick")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--dir", default=None, help="where the LanceDB tables go (a temp dir, removed afterwards)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    ann_rows = args.ann_rows or (200_000 if args.quick else 1_000_000)
-    sizes = [100_000, 200_000] if args.quick else [100_000, 200_000, 500_000, 1_000_000]
+    if args.smoke:
+        args.exact_rows = 5_000
+    ann_rows = args.ann_rows or (10_000 if args.smoke else 200_000 if args.quick else 1_000_000)
+    sizes = ([5_000, 10_000] if args.smoke else [100_000, 200_000] if args.quick
+             else [100_000, 200_000, 500_000, 1_000_000])
     out = {"quick": args.quick, "threads": args.threads, "dim": DIM, "exact_rows": args.exact_rows}
     rows: list = []
     t0 = time.perf_counter()

@@ -19,33 +19,29 @@ step "installing requirements.lock (a few minutes)" .venv/bin/pip install -q -r 
 # the project itself (editable) with its eval and dev extras, all satisfied by the lock
 step "installing rasr (editable)" .venv/bin/pip install -q --no-deps --no-build-isolation -e .
 
-# headless Chromium renders the HTML reports in the tests (tests/test_evaluate.py, tests/test_run_report.py)
-if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
-    install="apt-get install -y chromium"
+# Debian packages the tests use, installed where this user can (root, or sudo without a password); else a
+# note with the command. $1: the packages; $2: what goes without them.
+apt_install() {
+    local install="apt-get install -y $1"
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
         (apt-get update -qq && DEBIAN_FRONTEND=noninteractive $install -qq) >/dev/null 2>&1 \
-            || echo "note: \`$install\` failed; the report rendering tests will be skipped" >&2
+            || echo "note: \`$install\` failed; $2" >&2
     elif command -v apt-get >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
         (sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive $install -qq) >/dev/null 2>&1 \
-            || echo "note: \`sudo $install\` failed; the report rendering tests will be skipped" >&2
+            || echo "note: \`sudo $install\` failed; $2" >&2
     else
-        echo "note: no Chromium; the report rendering tests will be skipped. Install it with: sudo $install" >&2
+        echo "note: $2. Install with: sudo $install" >&2
     fi
-fi
+}
 
+# headless Chromium renders the HTML reports in the tests (tests/test_evaluate.py, tests/test_run_report.py)
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+    apt_install chromium "the report rendering tests will be skipped"
+fi
 # ICC profiles the colour tests convert real photos into (tests/icc_profiles.py): Adobe RGB and ProPhoto from
 # colord-data, a grey gamma and a CMYK profile from Ghostscript's libgs-common
 if [ ! -f /usr/share/color/icc/colord/AdobeRGB1998.icc ] || [ ! -f /usr/share/color/icc/ghostscript/default_cmyk.icc ]; then
-    install="apt-get install -y colord-data libgs-common"
-    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive $install -qq) >/dev/null 2>&1 \
-            || echo "note: \`$install\` failed; the colour tests will fail until the profiles are installed" >&2
-    elif command -v apt-get >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-        (sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive $install -qq) >/dev/null 2>&1 \
-            || echo "note: \`sudo $install\` failed; the colour tests will fail until the profiles are installed" >&2
-    else
-        echo "note: the colour tests need ICC profiles: sudo $install" >&2
-    fi
+    apt_install "colord-data libgs-common" "the colour tests fail until the ICC profiles are installed"
 fi
 
 export PREFECT_HOME="${PREFECT_HOME:-$PWD/.prefect}"

@@ -81,6 +81,7 @@ def test_bad_inputs_get_error_rows_and_valid_ones_are_enhanced(flows_env, db, tm
     assert rgba.mode == "RGBA" and rgba.size == (120, 88)
     alpha = np.asarray(rgba)[..., 3]
     assert alpha[:8].mean() < 40 and alpha[-8:].mean() > 215  # the top-to-bottom alpha gradient survives
-    assert out_img("gray.png").mode == "L" and out_img("deep16_gray.png").mode == "L"
+    assert out_img("gray.png").mode == "L" and out_img("deep16_gray.png").mode == "I;16"  # 16-bit grey stays 16-bit
+    assert rows["deep16_gray.png"]["bit_depth"] == rows["deep16.png"]["bit_depth"] == 16
     assert rows["cmyk.jpg"]["source_mode"] == "CMYK" and out_img("cmyk.jpg").mode == "RGB"
     assert out_img("deep16.png").size == (4 * 33, 4 * 25)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -323,8 +324,10 @@ def test_index_and_enhance_through_a_faulty_store_then_with_the_store_down(s3_se
     assert r.returncode == 0, r.stderr[-3000:]
     rows2 = read_manifest(f"{base}/out2", latest=False).to_pylist()
     assert sorted(x["relpath"] for x in rows2) == sorted(names) and all(x["status"] == "ok" for x in rows2)
-    for x in rows2:
-        assert storage.read_bytes(x["output_uri"]) == storage.read_bytes(x["output_uri"].replace("/out2/", "/out/"))
+    for x in rows2:  # the same pixels (the bytes differ in the provenance: this config has no --db)
+        again, first = (decode_image(storage.read_bytes(u)).rgb for u in (x["output_uri"],
+                                                                         x["output_uri"].replace("/out2/", "/out/")))
+        assert np.array_equal(again, first)
 
     # no credential in anything written or printed: manifests, markers, run summaries, logs, artifacts
     for obj in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
