@@ -105,11 +105,14 @@ def rss_mb() -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
 
+TIME_SCALE = 1.0  # --smoke shortens every timed loop (the figures are then only a check that the code runs)
+
+
 def rate(fn, queries: np.ndarray, batch: int, min_s: float = 1.5, max_calls: int = 10**9) -> float:
     """Queries per second calling fn(batch of queries) over `queries` until min_s has passed (after a warm-up)."""
     fn(queries[:batch])
     done, t0, calls = 0, time.perf_counter(), 0
-    while (time.perf_counter() - t0 < min_s or calls < 2) and calls < max_calls:
+    while (time.perf_counter() - t0 < min_s * TIME_SCALE or calls < 2) and calls < max_calls:
         s = (calls * batch) % (len(queries) - batch + 1)
         fn(queries[s:s + batch])
         done, calls = done + batch, calls + 1
@@ -121,7 +124,7 @@ def paired_rates(fa, fb, queries: np.ndarray, batch: int, min_s: float = 3.0) ->
     fa(queries[:batch]), fb(queries[:batch])
     ta = tb = 0.0
     calls, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < min_s or calls < 3:
+    while time.perf_counter() - t0 < min_s * TIME_SCALE or calls < 3:
         s = (calls * batch) % (len(queries) - batch + 1)
         x = queries[s:s + batch]
         t = time.perf_counter()
@@ -137,7 +140,7 @@ def paired_rates(fa, fb, queries: np.ndarray, batch: int, min_s: float = 3.0) ->
 def latencies_ms(fn, queries: np.ndarray) -> np.ndarray:
     fn(queries[:1])
     out = []
-    for q in queries:
+    for q in queries[:max(10, int(len(queries) * TIME_SCALE))]:
         t = time.perf_counter()
         fn(q[None])
         out.append((time.perf_counter() - t) * 1e3)
@@ -306,7 +309,8 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.smoke:
-        args.exact_rows = 5_000
+        global TIME_SCALE
+        args.exact_rows, TIME_SCALE = 5_000, 0.02
     ann_rows = args.ann_rows or (10_000 if args.smoke else 200_000 if args.quick else 1_000_000)
     sizes = ([5_000, 10_000] if args.smoke else [100_000, 200_000] if args.quick
              else [100_000, 200_000, 500_000, 1_000_000])
