@@ -356,3 +356,24 @@ def test_colour_bench_runs():
     assert set(result) == set(bench.PROFILES)
     assert all(r["dropped"] > r["keep"] for r in result.values())  # the 1.0 bound is the per-profile tests' and
     # the full bench's (8 photos); one detailed photo alone may reach a little above it
+
+
+def test_references_used_are_c2pa_ingredients(photo, tmp_path):
+    """A reference-guided output names the reference whose pixels it used (componentOf) beside its source."""
+    from rasr.credentials import Signer, read_manifest
+    from rasr.metadata import Provenance
+
+    cert, key = throwaway_certificate(str(tmp_path))
+    src, ref, out = io.BytesIO(), io.BytesIO(), io.BytesIO()
+    photo.save(src, "JPEG")
+    photo.transpose(Image.FLIP_LEFT_RIGHT).save(ref, "PNG")
+    photo.resize((512, 384)).save(out, "PNG")
+    prov = Provenance("refdsr", "w", "c", "cats/cat.jpg", "ab" * 32, references=["cd" * 32])
+    signed = Signer(cert, key).sign(out.getvalue(), "png", prov, src.getvalue(), "cats/cat.jpg",
+                                    [("gallery/cats/ref.png", ref.getvalue())])
+    m = read_manifest(signed, "png")
+    assert [(i["title"], i["relationship"]) for i in m["manifest"]["ingredients"]] == [
+        ("cat.jpg", "parentOf"), ("ref.png", "componentOf")]
+    edited = [a for x in m["manifest"]["assertions"] if x["label"].startswith("c2pa.actions") for a in x["data"]["actions"]][-1]
+    assert edited["digitalSourceType"].endswith("/compositeWithTrainedAlgorithmicMedia")
+    assert "references=" + "cd" * 32 in json.dumps(edited)
