@@ -24,21 +24,21 @@ from rasr import images, samples
 
 CANDIDATES = [("png", dict(png_level=0)), ("png", dict(png_level=1)), ("png", dict(png_level=3)),
               ("png", dict(png_level=6)), ("png", dict(png_level=9)), ("webp-lossless", {}),
-              ("webp", dict(quality=95)), ("jpg", dict(quality=95))]
+              ("webp", dict(quality=95)), ("jpg", dict(quality=95)), ("tiff", {})]
 
 
-def outputs(n: int, seed: int = 0) -> list[np.ndarray]:
-    """n Real-ESRGAN x4 outputs of 128 px crops of the bundled real photos (512 x 512 each)."""
+def outputs(n: int, seed: int = 0, side: int = 128) -> list[np.ndarray]:
+    """n Real-ESRGAN x4 outputs of `side` px crops of the bundled real photos (4 * side square each)."""
     from rasr.generators import Restorer, load_generator
 
     rng = np.random.default_rng(seed)
     photos = [samples.as_rgb(samples.load_photo(p)) for p in samples.photo_names()]
-    photos = [p for p in photos if min(p.shape[:2]) > 128]
+    photos = [p for p in photos if min(p.shape[:2]) > side]
     crops = []
     for i in range(n):
         img = photos[i % len(photos)]
-        y, x = rng.integers(0, img.shape[0] - 128), rng.integers(0, img.shape[1] - 128)
-        crops.append(np.ascontiguousarray(img[y:y + 128, x:x + 128]))
+        y, x = rng.integers(0, img.shape[0] - side), rng.integers(0, img.shape[1] - side)
+        crops.append(np.ascontiguousarray(img[y:y + side, x:x + side]))
     return Restorer(load_generator("realesrgan"), tile=0, batch_size=4).restore(crops)
 
 
@@ -62,26 +62,31 @@ def measure(hrs: list[np.ndarray], repeats: int) -> list[dict]:
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="8 images, 1 repeat")
+    ap.add_argument("--smoke", action="store_true", help="1 image of 128 px: seconds (run by the test suite)")
     ap.add_argument("--images", type=int, default=24)
-    args = ap.parse_args()
-    n, repeats = (8, 1) if args.quick else (args.images, 3)
-    hrs = outputs(n)
+    args = ap.parse_args(argv)
+    n, repeats = (1, 1) if args.smoke else (8, 1) if args.quick else (args.images, 3)
+    side = 32 if args.smoke else 128
+    hrs = outputs(n, side=side)
     rows = measure(hrs, repeats)
-    print(f"{n} Real-ESRGAN outputs of 512x512 (real photos), mean per image, one thread:")
+    print(f"{n} Real-ESRGAN outputs of {4 * side}x{4 * side} (real photos), mean per image, one thread:")
     print(f"{'encoding':<18}{'ms':>8}{'KiB':>9}  lossless")
     for r in rows:
         print(f"{r['encoding']:<18}{r['ms']:>8.1f}{r['kb']:>9.1f}  {r['lossless']}")
     by = {r["encoding"]: r for r in rows}
     p1, p6 = by["png level=1"], by["png level=6"]
-    print(json.dumps({
+    result = {
         "images": n, **{k.replace(" ", "_").replace("=", ""): round(v["ms"], 2) for k, v in by.items()},
         "png1_ms": round(p1["ms"], 2), "png6_ms": round(p6["ms"], 2),
         "png6_over_png1_time": round(p6["ms"] / p1["ms"], 2), "png1_over_png6_size": round(p1["kb"] / p6["kb"], 3),
         "webpll_over_png1_size": round(by["webp lossless"]["kb"] / p1["kb"], 3),
-    }))
+        "lossless": sorted(r["encoding"] for r in rows if r["lossless"]),
+    }
+    print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":

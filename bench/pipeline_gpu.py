@@ -87,10 +87,10 @@ def run_model(model: str, inputs: str, db: str, out: str) -> dict:
             "model_fraction": restore_ms / 1e3 / (end - start), "s_per_image": (end - start) / ok.num_rows}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=320)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     import torch
 
     if not torch.cuda.is_available():

@@ -77,13 +77,13 @@ def build(tiny: bool, device: str, root: str):
     return model, loss
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=6)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--crop", type=int, default=512)
     ap.add_argument("--tiny", action="store_true", help="tiny models on CPU: checks the script, not the hardware")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if not args.tiny and not torch.cuda.is_available():
         sys.exit("bench/train_gpu.py needs a CUDA GPU (or --tiny for a CPU check of the code path)")
     device = "cpu" if args.tiny else "cuda"
@@ -118,6 +118,8 @@ def main() -> None:
             steps = 33 * 3600 / dt  # paper: 33 h on 4 A800
             print(f"at this speed, 33 h (the paper's budget on 4 A800) = {steps:,.0f} steps of batch "
                   f"{args.batch} per GPU")
+        return {"device": name, "s_per_step": dt, "peak_gib": peak, "loss": float(parts["total"]),
+                "trainable": trainable}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,44 @@
+"""Benchmarks that no other test runs, in their smoke modes: a schema or API change fails here instead of
+rotting in bench/. Here: bench/encoding.py --smoke, bench/train_gpu.py --tiny, bench/pipeline_gpu.py (its
+refusal without CUDA). Elsewhere: bench/color_fix.py (test_faithful), bench/colour.py (test_derivatives),
+bench/reproduce_osediff.py (test_reproduce), bench/refdsr_gpu.py (test_refdsr). Not run by any test yet
+(issue 25): the retrieval bench (its smoke mode takes 31 s), the pipeline, both evaluation and the
+retrieval-quality benches (minutes each)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def bench(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(ROOT, "bench", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_encoding_bench_smoke():
+    result = bench("encoding").main(["--smoke"])
+    # which encodings give back every pixel, decoded by Pillow: the lossless ones, and only those
+    assert set(result["lossless"]) == {"png level=0", "png level=1", "png level=3", "png level=6", "png level=9",
+                                       "webp lossless", "tiff deflate"}
+    assert result["png1_ms"] > 0 and result["png1_over_png6_size"] > 0.5
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_train_bench_runs_its_tiny_cpu_path():
+    result = bench("train_gpu").main(["--tiny", "--steps", "1", "--batch", "2"])
+    assert result["device"] == "cpu (tiny)" and result["trainable"] > 0 and math.isfinite(result["loss"])
+
+
+def test_pipeline_gpu_bench_refuses_without_cuda(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert bench("pipeline_gpu").main([]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
