@@ -36,7 +36,7 @@ import numpy as np
 
 import rasr
 
-from rasr import catalog, faults, images, storage
+from rasr import catalog, faults, images, metadata, storage
 from rasr.catalog import Item
 from rasr.enhance_run import EnhanceConfig
 from rasr.manifest import empty_row
@@ -215,8 +215,6 @@ class EnhanceWorker:
             return None
         row.update(width=dec.width, height=dec.height, source_mode=dec.source_mode, alpha=dec.alpha is not None,
                    frames=dec.frames)
-        from rasr import metadata
-
         dec.meta = metadata.read_source(data, dec.exif)  # XMP, IPTC: carried to the output
         dec.source = data if self._signer is not None else None  # the C2PA ingredient
         for note in dec.notes:
@@ -327,13 +325,12 @@ class EnhanceWorker:
     def _derivative(self, row: dict, dec: images.Decoded, hr: np.ndarray, alpha) -> tuple[bytes, dict]:
         """The output file: pixels in the input's colour (or sRGB), its metadata and the provenance (rasr/metadata.py),
         a C2PA manifest when a certificate is given. Returns (bytes, manifest facts)."""
-        from rasr import metadata
-
         h, w = hr.shape[:2]
         cfg, ext = self.cfg, self.encoding.extension
         icc, color, grayscale = dec.icc, dec.color, dec.grayscale
         if cfg.output_profile == "srgb" and icc and "converted to sRGB" not in color:
-            hr, icc, color = images.to_srgb(hr, icc, grayscale), images.srgb_profile(), f"converted to sRGB from {color[6:]}"
+            hr, icc = images.to_srgb(hr, icc, grayscale), images.srgb_profile()
+            color = f"converted to sRGB from {images.profile_name(dec.icc)}"
             grayscale = False
         carried = []
         exif = None

@@ -77,8 +77,6 @@ def exif_via_exiv2(data: bytes) -> bytes | None:
 
     from rasr.metadata import _EXIV2
 
-    carrier = io.BytesIO()
-    Image.new("RGB", (1, 1)).save(carrier, "JPEG")
     try:
         with _EXIV2:
             src = pyexiv2.ImageData(data)
@@ -90,7 +88,7 @@ def exif_via_exiv2(data: bytes) -> bytes | None:
                 src.close()
             if not tags:
                 return None
-            dst = pyexiv2.ImageData(carrier.getvalue())
+            dst = pyexiv2.ImageData(_carrier())
             try:
                 dst.modify_exif(tags)
                 out = dst.get_bytes()
@@ -174,14 +172,11 @@ def add_exif_exiv2(data: bytes, exif: bytes) -> bytes:
     """EXIF (TIFF-structured bytes) written into `data` by exiv2: for TIFF outputs, whose EXIF lives in
     tags of the file's own IFDs, which only a metadata library rewrites safely."""
     import pyexiv2
-    from PIL import Image
 
     from rasr.metadata import _EXIV2
 
-    carrier = io.BytesIO()
-    Image.new("RGB", (1, 1)).save(carrier, "JPEG", exif=b"Exif\x00\x00" + (exif[6:] if exif.startswith(b"Exif") else exif))
     with _EXIV2:
-        src, dst = pyexiv2.ImageData(carrier.getvalue()), pyexiv2.ImageData(data)
+        src, dst = pyexiv2.ImageData(_carrier(exif)), pyexiv2.ImageData(data)
         try:
             tags = {k: v for k, v in src.read_exif().items()
                     if not k.startswith("Exif.Thumbnail") and k.split(".")[-1] not in TIFF_STRUCTURE}
@@ -190,6 +185,16 @@ def add_exif_exiv2(data: bytes, exif: bytes) -> bytes:
         finally:
             src.close()
             dst.close()
+
+
+def _carrier(exif: bytes | None = None) -> bytes:
+    """A 1-pixel JPEG (with `exif`, TIFF-structured): how EXIF crosses between Pillow's bytes and exiv2's tags."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    extra = {"exif": b"Exif\x00\x00" + (exif[6:] if exif.startswith(b"Exif\x00\x00") else exif)} if exif else {}
+    Image.new("RGB", (1, 1)).save(buf, "JPEG", **extra)
+    return buf.getvalue()
 
 
 # DNG / camera RAW tags that describe the sensor data, meaningless for a demosaiced output

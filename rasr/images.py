@@ -73,11 +73,16 @@ class Decoded:
         return int(self.rgb.shape[0])
 
 
+def to_8bit(arr: np.ndarray) -> np.ndarray:
+    """16-bit values (0-65535) -> 8-bit (rounded, clipped): the one conversion between the two depths."""
+    return (arr.astype(np.float32) / 257.0).round().clip(0, 255).astype(np.uint8)
+
+
 def _to_8bit(img: Image.Image) -> Image.Image:
     """16/32-bit single-channel images: scale to 8 bit instead of clipping."""
     arr = np.asarray(img)
     if arr.dtype == np.uint16 or img.mode.startswith("I;16"):
-        arr = (arr.astype(np.float32) / 257.0).round().clip(0, 255).astype(np.uint8)
+        arr = to_8bit(arr)
     elif img.mode in ("I", "F"):
         arr = arr.astype(np.float32)
         hi = 65535.0 if arr.max() > 255 else 255.0
@@ -85,7 +90,8 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(arr, mode="L")
 
 
-def _profile_name(icc: bytes) -> str:
+def profile_name(icc: bytes) -> str:
+    """An ICC profile's description (what the manifest's `color` names)."""
     from PIL import ImageCms
 
     try:
@@ -187,14 +193,14 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | 
         alpha = a.copy() if (a < 255).any() else None
     elif mode in ("RGBA", "RGBa") and alpha is None:
         alpha = np.asarray(img.getchannel("A")).copy()
-    color = f"kept: {_profile_name(icc)}" if icc else "untagged (sRGB assumed)"
+    color = f"kept: {profile_name(icc)}" if icc else "untagged (sRGB assumed)"
     if mode == "CMYK" and icc:  # no CMYK output: converted to sRGB through the file's own profile
         from PIL import ImageCms
 
         try:
-            img = ImageCms.profileToProfile(img, ImageCms.ImageCmsProfile(io.BytesIO(icc)), SRGB(), outputMode="RGB",
+            img = ImageCms.profileToProfile(img, ImageCms.ImageCmsProfile(io.BytesIO(icc)), _srgb(), outputMode="RGB",
                                             renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC)
-            color, icc = f"converted to sRGB from CMYK ({_profile_name(icc)})", srgb_profile()
+            color, icc = f"converted to sRGB from CMYK ({profile_name(icc)})", srgb_profile()
         except Exception as e:  # noqa: BLE001 - a broken profile: Pillow's plain conversion, and say so
             notes.append(f"CMYK profile unusable ({e.__class__.__name__}): converted without it")
             color, icc = "CMYK converted without its profile (sRGB assumed)", None
@@ -202,7 +208,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | 
         color = "CMYK without a profile, converted plainly (sRGB assumed)"
     rgb = np.ascontiguousarray(np.asarray(img.convert("RGB")))
     if deep is not None:
-        rgb = (deep.astype(np.float32) / 257.0).round().astype(np.uint8)
+        rgb = to_8bit(deep)
     return Decoded(rgb=rgb, alpha=alpha, grayscale=grayscale, source_mode=mode, frames=frames, notes=tuple(notes),
                    deep=deep, icc=icc, color=color, exif=exif)
 
@@ -217,8 +223,7 @@ def _decode_raw(data: bytes, max_pixels: int) -> Decoded:
     if w * h > max_pixels:
         raise ImageError(f"{w}x{h} = {w * h:,} pixels is above the limit of {max_pixels:,}: "
                          f"raise --max-pixels or downscale the file")
-    rgb = (deep.astype(np.float32) / 257.0).round().astype(np.uint8)
-    return Decoded(rgb=rgb, alpha=None, grayscale=False, source_mode="RAW", deep=deep, icc=None,
+    return Decoded(rgb=to_8bit(deep), alpha=None, grayscale=False, source_mode="RAW", deep=deep, icc=None,
                    color="camera RAW rendered to sRGB (camera white balance)", exif=exif)
 
 
@@ -228,9 +233,9 @@ def to_srgb(pixels: np.ndarray, icc: bytes, grayscale: bool = False) -> np.ndarr
     from PIL import ImageCms
 
     if pixels.dtype == np.uint16:
-        pixels = (pixels.astype(np.float32) / 257.0).round().astype(np.uint8)
+        pixels = to_8bit(pixels)
     img = Image.fromarray(pixels[..., 0], mode="L") if grayscale else Image.fromarray(pixels, mode="RGB")
-    out = ImageCms.profileToProfile(img, ImageCms.ImageCmsProfile(io.BytesIO(icc)), SRGB(), outputMode="RGB",
+    out = ImageCms.profileToProfile(img, ImageCms.ImageCmsProfile(io.BytesIO(icc)), _srgb(), outputMode="RGB",
                                     renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC)  # colours as measured
     return np.ascontiguousarray(np.asarray(out))
 
@@ -239,13 +244,14 @@ def to_srgb(pixels: np.ndarray, icc: bytes, grayscale: bool = False) -> np.ndarr
 def srgb_profile() -> bytes:
     """The sRGB ICC profile (LittleCMS's built-in one), for outputs converted to sRGB. Its creation date and
     profile ID are zeroed (both optional in ICC), so the same output is the same bytes on every run."""
-    icc = bytearray(SRGB().tobytes())
+    icc = bytearray(_srgb().tobytes())
     icc[24:36] = bytes(12)   # dateTimeNumber
     icc[84:100] = bytes(16)  # profile ID (MD5 over the header): zero means "not computed"
     return bytes(icc)
 
 
-def SRGB():
+def _srgb():
+    """LittleCMS's built-in sRGB profile."""
     from PIL import ImageCms
 
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
@@ -343,7 +349,7 @@ def encode_image(rgb: np.ndarray, fmt: "str | Encoding" = "png", alpha: np.ndarr
         return formats.png16(rgb[..., 0] if grayscale else rgb, icc=icc, exif=exif, level=enc.png_level,
                              alpha=None if grayscale else alpha)
     if deep:
-        rgb = (rgb.astype(np.float32) / 257.0).round().astype(np.uint8)
+        rgb = to_8bit(rgb)
     img = Image.fromarray(rgb, mode="RGB")
     if grayscale:
         img = img.convert("L")
@@ -380,8 +386,7 @@ def to_tensor(rgb: np.ndarray) -> "torch.Tensor":
 
 def to_uint16(x: "torch.Tensor") -> np.ndarray:
     """(3, H, W) float in [0, 1] -> (H, W, 3) uint16 (clamped, rounded)."""
-    return x.detach().float().clamp(0, 1).mul(65535.0).round().to(dtype=__import__("torch").int32).permute(
-        1, 2, 0).cpu().numpy().astype(np.uint16)
+    return x.detach().float().clamp(0, 1).mul(65535.0).round().permute(1, 2, 0).cpu().numpy().astype(np.uint16)
 
 
 def to_uint8(x: "torch.Tensor") -> np.ndarray:

@@ -104,10 +104,15 @@ def file_digest(path: str, length: int = 16) -> str:
     for f in files:
         if p.is_dir():
             h.update(str(f.relative_to(p)).encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        _hash_file(h, f)
     return h.hexdigest()[:length]
+
+
+def _hash_file(h, path) -> None:
+    """Feed a file's bytes into the hash `h`, a megabyte at a time."""
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
 
 
 def file_sha256s(path: str, label: str, subfolders: tuple[str, ...] | None = None) -> dict[str, str]:
@@ -122,9 +127,7 @@ def file_sha256s(path: str, label: str, subfolders: tuple[str, ...] | None = Non
     out = {}
     for f in files:
         h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        _hash_file(h, f)
         name = f.relative_to(p).as_posix() if p.is_dir() else f.name
         out[f"{label}/{name}"] = h.hexdigest()
     return out
