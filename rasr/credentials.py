@@ -52,7 +52,7 @@ class Signer:
 
         if fmt.lower() not in SIGNABLE:
             raise CredentialsError(f"C2PA manifests cannot be embedded in {fmt} files")
-        edited = {"action": "c2pa.edited", "digitalSourceType": source_type(prov.generator),
+        edited = {"action": "c2pa.edited", "digitalSourceType": source_type(prov.generator, prov.composed_of_captures),
                   "softwareAgent": {"name": prov.software},
                   "parameters": {"description": f"x4 super resolution by {prov.generator}",
                                  "rasr": prov.parameters()}}

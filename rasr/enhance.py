@@ -22,6 +22,7 @@ batched together; memory holds at most `lookahead` decoded inputs plus the batch
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -78,6 +79,9 @@ class EnhanceWorker:
 
         self.cfg = cfg
         self.cfg_hash = cfg.hash()
+        # what an output without transferred detail carries: the hash of the run that makes it without transfer, so
+        # that it is byte for byte the output of --reference-transfer off (and of runs before it)
+        self._plain_hash = dataclasses.replace(cfg, reference_transfer="off").hash()
         self.encoding = cfg.encoding()
         options = dict(cfg.generator_options)
         if cfg.generator in ("osediff", "refdsr"):
@@ -110,6 +114,11 @@ class EnhanceWorker:
         files = getattr(self.generator, "weights_files", None)
         self._weights_files = json.dumps(files, sort_keys=True) if files else None
         self._refs = images.DecodedCache(max_items=64, max_side=REF_MAX_SIDE)
+        self._features = None  # same-scene verification (rasr/transfer.py): gallery features, cached beside it
+        if self.gallery is not None and cfg.reference_transfer == "auto":
+            from rasr.transfer import FeatureCache
+
+            self._features = FeatureCache(cfg.db)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.batch_size = max(1, cfg.batch_size)
         n = io_threads or default_io_threads()
@@ -222,10 +231,12 @@ class EnhanceWorker:
         row["timings_ms"]["decode"] = (time.perf_counter() - t1) * 1e3
         return row, dec
 
-    def _prepare(self, batch: list[tuple[dict, images.Decoded]]) -> tuple[list, list[str]]:
-        """Embed + retrieve (one search for the batch), then each input's reference image and prompt."""
+    def _prepare(self, batch: list[tuple[dict, images.Decoded]]) -> tuple[list, list[str], list]:
+        """Embed + retrieve (one search for the batch), then each input's reference image, prompt and same-scene
+        match (or None)."""
         with self._prepare_lock:
             self._retrieve(batch)
+            matches = [self._verify(row, dec) for row, dec in batch]
             refs, prompts = [], []
             for row, dec in batch:
                 try:
@@ -236,7 +247,35 @@ class EnhanceWorker:
                 refs.append(ref)
                 prompts.append(self._prompt(row, dec, ref))
                 row["prompt"] = prompts[-1]
-            return refs, prompts
+            return refs, prompts, matches
+
+    def _verify(self, row: dict, dec: images.Decoded):
+        """The retrieved candidate showing the same scene (rasr/transfer.py), or None; the row says which was found."""
+        if not row["ref_ids"]:
+            row["ref_match"] = "none" if self.gallery is not None else None
+            return None
+        row["ref_match"] = "semantic"
+        if self._features is None:
+            return None
+        from rasr import transfer
+
+        t0 = time.perf_counter()
+        candidates = []
+        for rid, uri, sim in zip(row["ref_ids"], row["ref_uris"], row["ref_similarities"]):
+            if sim < self.cfg.min_similarity:
+                continue
+            try:
+                candidates.append((rid, uri, self._features.get(rid, uri)))
+            except Exception as e:  # noqa: BLE001 - an unreadable reference is not a candidate
+                _note(row, f"reference {storage.redact(uri)} not verified: {storage.redact(e)}")
+        match, inliers = None, 0
+        if candidates:
+            match, inliers = transfer.verify(transfer.query_features(dec.rgb, self.restorer.scale), candidates)
+        row["ref_inliers"] = inliers
+        row["timings_ms"]["retrieve"] += (time.perf_counter() - t0) * 1e3
+        if match is not None:
+            row.update(ref_match="same_scene", ref_matched_id=match.ref_id, ref_inliers=match.inliers)
+        return match
 
     def _retrieve(self, batch: list[tuple[dict, images.Decoded]]) -> None:
         if self.gallery is None:
@@ -258,7 +297,7 @@ class EnhanceWorker:
 
     def _restore_and_write(self, batch: list[tuple[dict, images.Decoded]], prepared: Future, out: str,
                            writes: deque[Future]) -> None:
-        refs, prompts = prepared.result()
+        refs, prompts, matches = prepared.result()
         lrs = [dec.pixels for _, dec in batch]  # 16 bits where the file has them
         t0 = time.perf_counter()
         with self._model_lock:
@@ -275,14 +314,14 @@ class EnhanceWorker:
                         outs.append(None)
         t_restore = (time.perf_counter() - t0) * 1e3
         pixels = sum(d.width * d.height for _, d in batch) or 1
-        for (row, dec), hr in zip(batch, outs):
+        for (row, dec), hr, match in zip(batch, outs, matches):
             row["timings_ms"]["restore"] = t_restore * dec.width * dec.height / pixels
             if hr is None:
                 row["processed_at"] = _now()
                 continue
             while len(writes) >= self.max_writes:  # bounded: a slow store slows the model, not memory
                 writes.popleft().result()
-            writes.append(self._writers.submit(self._write, row, dec, hr, out))
+            writes.append(self._writers.submit(self._write, row, dec, hr, out, match))
 
     def _restore_halving(self, rows: list[dict], lrs: list, refs: list, prompts: list) -> list:
         """Restore a batch; on out-of-memory, restore each half on its own (recursively) and say so."""
@@ -299,7 +338,9 @@ class EnhanceWorker:
         return (self._restore_halving(rows[:h], lrs[:h], refs[:h], prompts[:h])
                 + self._restore_halving(rows[h:], lrs[h:], refs[h:], prompts[h:]))
 
-    def _write(self, row: dict, dec: images.Decoded, hr: np.ndarray, out: str) -> None:
+    def _write(self, row: dict, dec: images.Decoded, hr: np.ndarray, out: str, match=None) -> None:
+        if match is not None:
+            hr = self._transfer(row, dec, hr, out, match)
         t0 = time.perf_counter()
         try:
             h, w = hr.shape[:2]
@@ -321,6 +362,50 @@ class EnhanceWorker:
         row["processed_at"] = _now()
         t = row["timings_ms"]
         t["total"] = sum(v for k, v in t.items() if k != "total")
+
+    def _transfer(self, row: dict, dec: images.Decoded, hr: np.ndarray, out: str, match) -> np.ndarray:
+        """The same-scene reference's detail in `hr` (rasr/transfer.py), and a preview of it for the results page;
+        on failure `hr` as the generator made it, with the reason in the row."""
+        from rasr import runreport, transfer
+
+        t0 = time.perf_counter()
+        try:
+            ref = images.decode_image(storage.read_bytes(match.ref_uri), max_pixels=1 << 62).rgb
+            faults.point("transfer")
+            done = transfer.transfer(hr, dec.pixels, ref, match.homography)
+        except Exception as e:  # noqa: BLE001 - the generator's output stands; the row says why nothing was taken
+            row["ref_match"] = "semantic"
+            _note(row, f"same-scene reference {match.ref_id[:12]} not transferred: {e.__class__.__name__}: "
+                       f"{storage.redact(e)}")
+            return hr
+        row["ref_coverage"] = done.coverage
+        row["timings_ms"]["restore"] += (time.perf_counter() - t0) * 1e3
+        if done.coverage == 0.0 and not (done.mask > 0).any():
+            row["ref_match"] = "semantic"
+            _note(row, f"same-scene reference {match.ref_id[:12]} verified ({match.inliers} inliers) but nowhere "
+                       f"confident after alignment: not used")
+            return hr
+        row["ref_used"] = True
+        _note(row, f"detail from same-scene reference {match.ref_id[:12]} ({match.inliers} inliers) on "
+                   f"{done.coverage:.0%} of the output")
+        try:
+            preview = runreport.transfer_preview(done.aligned, done.mask)
+            storage.write_bytes(storage.join(out, runreport.REPORT_DIR, runreport.transfer_path(row)), preview,
+                                catalog.temp_dir(out))
+        except Exception as e:  # noqa: BLE001 - a preview is not worth the output
+            _note(row, f"no transfer preview: {storage.redact(e)}")
+        return done.pixels
+
+    def _used_refs(self, row: dict) -> list[tuple[str, str]]:
+        """(id, uri) of the references whose pixels are in the output: the generator's and the transferred one."""
+        used = []
+        if row["ref_used"] and self.generator.uses_reference:
+            used.append((row["ref_ids"][0], row["ref_uris"][0]))
+        if row.get("ref_matched_id") and row["ref_match"] == "same_scene":
+            uri = row["ref_uris"][row["ref_ids"].index(row["ref_matched_id"])]
+            if (row["ref_matched_id"], uri) not in used:
+                used.append((row["ref_matched_id"], uri))
+        return used
 
     def _derivative(self, row: dict, dec: images.Decoded, hr: np.ndarray, alpha) -> tuple[bytes, dict]:
         """The output file: pixels in the input's colour (or sRGB), its metadata and the provenance (rasr/metadata.py),
@@ -345,15 +430,17 @@ class EnhanceWorker:
             _note(row, f"16-bit input written at 8 bits ({self.encoding.format} holds no more): use --format png or tiff")
         src = None if cfg.strip_metadata else dec.meta
         prov = metadata.Provenance(
-            generator=self.generator.name, weights_id=self.generator.weights_id, config_hash=self.cfg_hash,
+            generator=self.generator.name, weights_id=self.generator.weights_id,
+            config_hash=self.cfg_hash if row["ref_match"] == "same_scene" else self._plain_hash,
             source_path=row["relpath"], source_sha256=row["sha256"],  # relative: true wherever the archive moves
-            references=list(row["ref_ids"][:1]) if row["ref_used"] else [], software=f"rasr {rasr.__version__}")
+            references=[rid for rid, _ in self._used_refs(row)], software=f"rasr {rasr.__version__}",
+            composed_of_captures=row["ref_match"] == "same_scene")
         data = metadata.add_xmp_iptc(data, ext, src, prov, strip_gps=cfg.strip_gps)
         if src is not None:
             carried += [k for k in ("xmp", "iptc") if k in src.kinds and (k != "iptc" or ext in ("jpg", "jpeg"))]
         carried.append("provenance")
         if self._signer is not None:
-            refs = [(row["ref_uris"][0], storage.read_bytes(row["ref_uris"][0]))] if row["ref_used"] else []
+            refs = [(uri, storage.read_bytes(uri)) for _, uri in self._used_refs(row)]
             data = self._signer.sign(data, ext, prov, dec.source, row["relpath"], refs)
             carried.append("c2pa")
         return data, {"carried": " ".join(carried), "color": color, "bit_depth": 16 if deep else 8}

@@ -47,6 +47,9 @@ class EnhanceConfig:
     top_k: int = option(1, "References retrieved per image (the best one is used).", low=1)
     min_similarity: float = option(0.0, "Below this cosine similarity the image is restored without a reference.",
                                    low=-1.0, high=1.0)
+    reference_transfer: str = option(
+        "auto", "auto: where a retrieved reference shows the same scene (verified geometrically), align it and take "
+                "its fine detail; off: never (outputs as without it).", choices=("auto", "off"))
     category_filter: bool = option(False, "Only retrieve references from the input's own folder category.")
     tile: int = option(256, "Tile size in input (LR) pixels (0 = never tile).", low=0)
     overlap: int = option(32, "Overlap of neighbouring tiles in input (LR) pixels.", flags=("--tile-overlap",), low=0)
@@ -89,6 +92,13 @@ class EnhanceConfig:
                 d.pop(k)
         if images.is_lossy(self.output_format) and self.quality != images.DEFAULT_QUALITY:
             d["quality"] = self.quality
+        # a transfer changes pixels only with a gallery; "off" hashes as runs before it existed (they resume)
+        if self.reference_transfer == "off" or not self.db:
+            d.pop("reference_transfer")
+        else:
+            from rasr.transfer import TRANSFER
+
+            d["reference_transfer"] = TRANSFER
         d["db"] = storage.redact(storage.normalise(self.db)) if self.db else None
         # what runs, not how it was asked for: "auto" and its resolution hash alike (earlier runs' "none" resumes)
         d["color_fix"] = colorfix.resolve(self.color_fix, self.generator) if self.color_fix in COLOR_FIXES else self.color_fix

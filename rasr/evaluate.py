@@ -28,6 +28,8 @@ from rasr.metrics import METRICS, NIQE_MIN_SIZE, MetricSuite, ScoreConfig
 from rasr.options import STRICT, option
 
 REF_MODES = ("retrieved", "random", "none", "given")
+TRANSFER_MODE = "transfer"  # a method's output followed by same-scene reference transfer (not a --ref-modes choice)
+TRANSFER_TOP_K = 3          # retrieved candidates a transfer verifies
 RETRIEVAL_DIR = "retrieval"
 SCALE = 4
 
@@ -35,7 +37,8 @@ EVAL_SCHEMA = pa.schema(
     [pa.field("relpath", pa.string()), pa.field("source_uri", pa.string()), pa.field("category", pa.string()),
      pa.field("method", pa.string()), pa.field("ref_mode", pa.string()), pa.field("ref_id", pa.string()),
      pa.field("ref_uri", pa.string()), pa.field("ref_category", pa.string()),
-     pa.field("ref_similarity", pa.float32())]
+     pa.field("ref_similarity", pa.float32()), pa.field("ref_match", pa.string()),
+     pa.field("ref_coverage", pa.float32())]
     + [pa.field(m, pa.float64()) for m in METRICS]
     + [pa.field("restore_ms", pa.float32()), pa.field("metrics_ms", pa.float32()),
        pa.field("degradation", pa.string()), pa.field("seed", pa.int64()), pa.field("width", pa.int32()),
@@ -92,6 +95,8 @@ class EvalConfig(ScoreConfig):
                              cli=False)
     device: str | None = option(None, "Torch device (default: the worker's accelerator).", cli=False)
     batch_size: int = option(4, "Images per model call.", cli=False)
+    reference_transfer: bool = option(True, "With --db: also score every method followed by same-scene reference "
+                                            "transfer (rows '<method> (transfer)'; see rasr/transfer.py).")
     baseline: str | None = option("bicubic", "Method the deltas of Table 1 refer to.")
     examples: int = option(3, "Best and worst images shown per method in the report.", low=0)
     shard_size: int = option(32, "Test images per shard (unit of resume).", low=1)
@@ -101,6 +106,12 @@ class EvalConfig(ScoreConfig):
         for k in NOT_HASHED:
             d.pop(k)
         d["db"] = storage.redact(self.db) if self.db else None
+        if self.reference_transfer and self.db:
+            from rasr.transfer import TRANSFER
+
+            d["reference_transfer"] = TRANSFER
+        else:  # adds no rows: hashes as before the option existed
+            d.pop("reference_transfer")
         if self.color_fix == "auto":  # what runs per method; all "none" hashes as "none" did before "auto"
             fixes = {m: colorfix.resolve("auto", m) for m in self.methods}
             d["color_fix"] = "none" if set(fixes.values()) == {"none"} else fixes
@@ -165,6 +176,11 @@ class EvalWorker:
         self.galleries, self.encoders = self._open_galleries()
         self._ids = None
         self._refs = images.DecodedCache(max_items=32)
+        self._features = None
+        if self.galleries and cfg.reference_transfer:
+            from rasr.transfer import FeatureCache
+
+            self._features = FeatureCache(cfg.db)
 
     def _open_galleries(self):
         """Primary gallery (first table) plus one per extra encoder: {encoder: Gallery}, {encoder: Encoder}."""
@@ -201,9 +217,12 @@ class EvalWorker:
         """{mode: ref dict or None} and retrieval rows (top-1 per encoder, plus the random baseline)."""
         refs: dict[str, dict | None] = {"none": None}
         retrieval = []
+        self._candidates = []
         for enc_name, g in self.galleries.items():
             vec = self.encoders[enc_name].encode([lr])
-            hits = g.search(vec, k=1, exclude_ids=[hr_sha])[0]
+            hits = g.search(vec, k=TRANSFER_TOP_K if g is self.primary else 1, exclude_ids=[hr_sha])[0]
+            if g is self.primary:
+                self._candidates = hits  # what a same-scene transfer verifies
             hit = hits[0] if hits else None
             retrieval.append({"relpath": relpath, "category": category, "encoder": enc_name,
                               "top1_uri": hit.uri if hit else None, "top1_category": hit.category if hit else None,
@@ -236,6 +255,8 @@ class EvalWorker:
             runs += [(self.cfg.table5_method, f"retrieved:{e}") for e in self.galleries if e != self.primary.encoder]
             runs += [(self.cfg.table5_method, mode) for mode in ("retrieved", "random")
                      if (self.cfg.table5_method, mode) not in runs]
+        if self._features is not None:  # each method's output (its first run above) then the transfer
+            runs += [(m, TRANSFER_MODE) for m in self.cfg.methods]
         return runs
 
     def process(self, items: list[Item], out: str, shard_id: str, run_id: str) -> dict[str, list[dict]]:
@@ -285,12 +306,15 @@ class EvalWorker:
         refs, retrieval = self._references(item.relpath, lr, hashlib.sha256(data).hexdigest(), seed,
                                            base["category"])
         rows = []
+        made: dict[str, tuple[np.ndarray, float]] = {}  # method -> (its first output, restore ms): what transfer takes
         suite = self.suite if min(hr.shape[:2]) >= NIQE_MIN_SIZE else self.suite_small
         for method, mode in self._runs():
             row = {**base, "method": method, "ref_mode": mode}
             restorer = self.restorers[method]
             row["weights_id"] = restorer.g.weights_id
-            if mode not in refs:
+            if mode == TRANSFER_MODE:
+                self._transfer_row(row, made.get(method), lr, hr, suite, out, rel)
+            elif mode not in refs:
                 row.update(status="error", error=f"no reference for mode {mode!r}"
                            + (" (not in the pairs CSV)" if mode == "given" else " (no gallery: pass --db)"))
             else:
@@ -305,6 +329,7 @@ class EvalWorker:
                         prompt = restorer.g.prompt_for(lr, base["category"], ref_img, ref.get("ref_category") if ref else None)
                     sr = restorer.restore([lr], [ref_img], [prompt])[0]
                     t1 = time.perf_counter()
+                    made.setdefault(method, (sr, (t1 - t0) * 1e3))
                     row.update(suite.score(sr, hr))
                     row.update(restore_ms=(t1 - t0) * 1e3, metrics_ms=(time.perf_counter() - t1) * 1e3,
                                status="ok")
@@ -316,3 +341,33 @@ class EvalWorker:
             row["processed_at"] = dt.datetime.now(dt.timezone.utc)
             rows.append(row)
         return rows, retrieval
+
+    def _transfer_row(self, row: dict, made: tuple[np.ndarray, float] | None, lr: np.ndarray, hr: np.ndarray,
+                      suite, out: str, rel: str) -> None:
+        """Score `made` (a method's output) after same-scene transfer from the verified candidate; the output as it
+        was when none verifies (ref_match says which)."""
+        from rasr import transfer
+
+        if made is None:
+            row.update(status="error", error=f"no output of {row['method']} to transfer detail onto")
+            return
+        sr, ms = made
+        try:
+            t0 = time.perf_counter()
+            cands = [(h.id, h.uri, self._features.get(h.id, h.uri)) for h in self._candidates]
+            match, _ = transfer.verify(transfer.query_features(lr, SCALE), cands)
+            row["ref_match"] = "same_scene" if match else ("semantic" if cands else "none")
+            if match is not None:
+                hit = self._candidates[match.index]
+                row.update(ref_id=hit.id, ref_uri=hit.uri, ref_category=hit.category, ref_similarity=hit.similarity)
+                done = transfer.transfer(sr, lr, self._refs.get(hit.uri), match.homography)
+                sr = done.pixels
+                row["ref_coverage"] = done.coverage
+            t1 = time.perf_counter()
+            row.update(suite.score(sr, hr))
+            row.update(restore_ms=ms + (t1 - t0) * 1e3, metrics_ms=(time.perf_counter() - t1) * 1e3, status="ok")
+            if self.cfg.save_images:
+                row["sr_uri"] = storage.join(out, "images", row["method"], TRANSFER_MODE, rel + ".png")
+                storage.write_bytes(row["sr_uri"], _png(sr))
+        except Exception as e:  # noqa: BLE001 - one failure is a row with the reason
+            row.update(status="error", error=f"{e.__class__.__name__}: {storage.redact(str(e))}")

@@ -23,7 +23,11 @@ SCHEMA = pa.schema([
     pa.field("ref_uris", pa.list_(pa.string())),
     pa.field("ref_similarities", pa.list_(pa.float32())),
     pa.field("ref_categories", pa.list_(pa.string())),
-    pa.field("ref_used", pa.bool_()),            # False: below --min-similarity, no-reference path
+    pa.field("ref_used", pa.bool_()),            # pixels came from a reference (the generator's or a transfer)
+    pa.field("ref_match", pa.string()),           # same_scene (verified, transferred) | semantic | none (retrieved none)
+    pa.field("ref_inliers", pa.int32()),          # geometric verification: most inliers among the candidates
+    pa.field("ref_coverage", pa.float32()),       # fraction of the output whose detail came from the same-scene ref
+    pa.field("ref_matched_id", pa.string()),      # the same-scene reference (any of the top-k), when one verified
     pa.field("generator", pa.string()),
     pa.field("weights_id", pa.string()),
     pa.field("weights_files", pa.string()),       # JSON {file: sha256} of the weight files loaded (diffusion)

@@ -38,9 +38,14 @@ EXIF_IFD = 0x8769
 _EXIV2 = threading.Lock()  # exiv2's XMP toolkit is not safe to initialise from several threads at once
 
 
-def source_type(generator: str) -> str:
-    """The IPTC digital source type URI for a generator's outputs."""
-    return IPTC_DST + SOURCE_TYPES.get(generator, DEFAULT_SOURCE_TYPE)
+def source_type(generator: str, composed_of_captures: bool = False) -> str:
+    """The IPTC digital source type URI for a generator's outputs. With a same-scene reference's detail in them,
+    an output is a composite of two captures: `compositeCapture` when no trained model made pixels (bicubic),
+    else still `compositeWithTrainedAlgorithmicMedia` (the history names both captures)."""
+    kind = SOURCE_TYPES.get(generator, DEFAULT_SOURCE_TYPE)
+    if composed_of_captures and kind == "algorithmicallyEnhanced":
+        kind = "compositeCapture"
+    return IPTC_DST + kind
 
 
 @dataclass
@@ -112,8 +117,11 @@ class Provenance:
 
     def parameters(self) -> str:
         refs = ",".join(self.references) or "none"
-        return (f"generator={self.generator}; weights_id={self.weights_id}; config_hash={self.config_hash}; "
+        text = (f"generator={self.generator}; weights_id={self.weights_id}; config_hash={self.config_hash}; "
                 f"references={refs}")
+        if self.composed_of_captures:
+            text += "; composite of two captures: the source photo and same-scene reference (aligned detail)"
+        return text
 
 
 def add_xmp_iptc(data: bytes, fmt: str, src: SourceMeta | None, prov: Provenance | None,
@@ -143,7 +151,7 @@ def add_xmp_iptc(data: bytes, fmt: str, src: SourceMeta | None, prov: Provenance
 def _add_provenance(img, prov: Provenance) -> None:
     history = [k for k in img.read_xmp() if k.startswith("Xmp.xmpMM.History[")]
     n = 1 + max((int(k.split("[", 1)[1].split("]", 1)[0]) for k in history), default=0)
-    fields = {"Xmp.iptcExt.DigitalSourceType": source_type(prov.generator),
+    fields = {"Xmp.iptcExt.DigitalSourceType": source_type(prov.generator, prov.composed_of_captures),
               "Xmp.xmpMM.DerivedFrom/stRef:filePath": prov.source_path,
               "Xmp.xmpMM.DerivedFrom/stRef:documentID": f"sha256:{prov.source_sha256}"}
     if n == 1:

@@ -107,6 +107,25 @@ def sprite_path(row: dict) -> str:
     return f"thumbs/{key[:2]}/{key}.{EXT}"
 
 
+def transfer_path(row: dict) -> str:
+    """Where the enhance worker puts [aligned same-scene reference | confidence mask] of a row, under report/."""
+    key = hashlib.sha256(f"transfer-v1:{row['sha256']}:{row['config_hash']}".encode()).hexdigest()[:32]
+    return f"thumbs/transfer/{key[:2]}/{key}.{EXT}"
+
+
+def transfer_preview(aligned: np.ndarray, mask: np.ndarray) -> bytes:
+    """[the reference aligned to the output | the confidence mask, white where its detail was taken], thumbnails."""
+    h, w = mask.shape
+    tw, th = layout(w, h)[:2]
+    sheet = Image.new("RGB", (2 * tw, th), (233, 236, 241))
+    sheet.paste(Image.fromarray(aligned).resize((tw, th), Image.LANCZOS), (0, 0))
+    grey = Image.fromarray(np.clip(mask * 255 + 0.5, 0, 255).astype(np.uint8)).resize((tw, th), Image.BILINEAR)
+    sheet.paste(grey.convert("RGB"), (tw, 0))
+    buf = io.BytesIO()
+    sheet.save(buf, format=MIME, quality=85)
+    return buf.getvalue()
+
+
 def ref_path(ref_id: str) -> str:
     return f"thumbs/ref/{ref_id[:2]}/{ref_id}.{EXT}"
 
@@ -225,13 +244,24 @@ def row_html(r: dict, i: int, thumbs: dict, out: str, new: bool) -> str:
     if refs:
         figs = []
         for k, (rid, uri, s, cat) in enumerate(refs):
-            used = k == 0 and bool(r["ref_used"])
+            matched = r.get("ref_matched_id") if r.get("ref_match") == "same_scene" else None
+            used = bool(r["ref_used"]) and (rid == matched or (k == 0 and r["generator"] == "refdsr"))
             img = f'<img src="{esc(ref_path(rid))}" alt="reference" loading="lazy">' if ref_path(rid) in thumbs["have"] else ""
             figs.append(f'<figure class="{"used" if used else "unused"}" title="{esc(uri)}">{img}<figcaption>'
                         f'{s:.3f} &middot; {esc(cat or "-")}<br>{"used" if used else "not used"}</figcaption></figure>')
         parts.append(f'<div class="refs">{"".join(figs)}</div>')
+    xfer = transfer_path(r) if r.get("ref_match") == "same_scene" and r["ref_used"] else None
+    if xfer and xfer in thumbs["have"]:
+        parts.append(f'<figure class="transfer"><img src="{esc(xfer)}" alt="aligned reference and confidence mask" '
+                     f'loading="lazy"><figcaption>same-scene reference aligned to the output | confidence mask '
+                     f'(white: its detail was taken)</figcaption></figure>')
     facts = {"ref_used": ("yes" if r["ref_used"] else "no") + (f" (similarity {sim:.3f})" if sim is not None else
                                                                 " (no reference retrieved)")}
+    if r.get("ref_match"):
+        facts["reference match"] = r["ref_match"].replace("_", "-") + (
+            f" ({r['ref_inliers']} inliers, detail on {r['ref_coverage']:.0%} of the output)"
+            if r["ref_match"] == "same_scene" and r.get("ref_coverage") is not None else
+            f" (best {r['ref_inliers']} inliers)" if r.get("ref_inliers") else "")
     t = r["timings_ms"] or {}
     if t.get("total"):
         steps = ", ".join(f"{k} {_ms(v)}" for k, v in t.items() if k != "total" and v)

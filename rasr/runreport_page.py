@@ -29,6 +29,7 @@ details summary{cursor:pointer;color:var(--acc);font-size:13px}
 .refs{display:flex;gap:8px;flex-wrap:wrap;margin:4px 0}.refs figure{width:84px;font-size:11px}
 .refs img{width:84px;height:64px;object-fit:cover;background:#e9ecf1;display:block}
 .refs .unused img{opacity:.45}
+figure.transfer{margin:4px 0;font-size:11px}figure.transfer img{max-width:100%;display:block}
 .kv td{padding:1px 8px 1px 0;border:0;font-size:12px;vertical-align:top}.kv td:first-child{color:var(--mut)}
 .nopv{width:240px;height:60px;display:flex;align-items:center;justify-content:center;background:#f3f5f8;
  color:var(--mut);font-size:12px;text-align:center;padding:6px}

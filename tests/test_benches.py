@@ -1,6 +1,6 @@
 """Benchmarks that no other test runs, in their smoke modes: a schema or API change fails here instead of
 rotting in bench/. Here: bench/encoding.py --smoke, bench/train_gpu.py --tiny, bench/pipeline_gpu.py (its
-refusal without CUDA). Elsewhere: bench/color_fix.py (test_faithful), bench/colour.py (test_derivatives),
+refusal without CUDA), bench/instance_refs.py --smoke. Elsewhere: bench/color_fix.py (test_faithful), bench/colour.py (test_derivatives),
 bench/reproduce_osediff.py (test_reproduce), bench/refdsr_gpu.py (test_refdsr). Not run by any test yet
 (issue 25): the retrieval bench (its smoke mode takes 31 s), the pipeline, both evaluation and the
 retrieval-quality benches (minutes each)."""
@@ -42,3 +42,14 @@ def test_pipeline_gpu_bench_refuses_without_cuda(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert bench("pipeline_gpu").main([]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.integration  # indexes a gallery and runs EnhanceWorker 4 times (~20 s)
+def test_instance_refs_bench_smoke():
+    """The same-scene transfer bench on the motorcycle pair, one warp and 3 negatives: its keys, and the verdicts
+    that must hold at any size (no negative changed, the real pair gains)."""
+    result = bench("instance_refs").main(["--smoke"])
+    assert {"psnr_gain_realesrgan_real", "psnr_gain_bicubic_real", "psnr_gain_synthetic", "false_transfer_rate",
+            "negatives", "time_ratio"} <= set(result)
+    assert result["negatives"] == 3 and result["false_transfer_rate"] == 0.0
+    assert result["psnr_gain_bicubic_real"] > 0.5 and result["psnr_gain_synthetic"] > 1.0

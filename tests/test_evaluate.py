@@ -56,10 +56,12 @@ def test_per_image_parquet(result):
     res, out = result
     rows = manifest.read_table(str(out), catalog.MANIFEST_DIR, EVAL_SCHEMA).to_pandas()
     runs = {("bicubic", "none"), ("realesrgan", "none"), ("refdsr", "retrieved"), ("refdsr", "random"),
-            ("refdsr", "none"), ("refdsr", "given")}
+            ("refdsr", "none"), ("refdsr", "given"),
+            ("bicubic", "transfer"), ("realesrgan", "transfer"), ("refdsr", "transfer")}  # with --db (issue 24)
     assert set(zip(rows["method"], rows["ref_mode"])) == runs
     ok = rows[rows["status"] == "ok"]
-    assert len(ok) == 4 * 5 + 1  # 'given' exists for chelsea only
+    assert len(ok) == 4 * 8 + 1  # 'given' exists for chelsea only
+    assert set(ok[ok["ref_mode"] == "transfer"]["ref_match"]) <= {"same_scene", "semantic", "none"}
     errors = rows[rows["status"] == "error"]
     assert set(errors["ref_mode"]) == {"given"} and errors["error"].str.contains("pairs CSV").all()
     assert ok["psnr"].between(10, 60).all() and ok["ssim"].between(0, 1).all()
