@@ -1,7 +1,8 @@
 """Benchmarks that no other test runs, in their smoke modes: a schema or API change fails here instead of
 rotting in bench/. Here: bench/encoding.py --smoke, bench/train_gpu.py --tiny, bench/pipeline_gpu.py (its
 refusal without CUDA), bench/instance_refs.py --smoke. Elsewhere: bench/color_fix.py (test_faithful),
-bench/colour.py (test_derivatives), bench/reproduce_osediff.py (test_reproduce), bench/refdsr_gpu.py (test_refdsr). Not run by any test yet
+bench/colour.py (test_derivatives), bench/reproduce_osediff.py (test_reproduce), bench/refdsr_gpu.py
+(test_refdsr). Not run by any test yet
 (issue 25): the retrieval bench (its smoke mode takes 31 s), the pipeline, both evaluation and the
 retrieval-quality benches (minutes each)."""
 
