@@ -204,7 +204,15 @@ def exact_section(db: str, mix: Mixture, rows: int, out: dict, table: list) -> N
         "exact_qps_cat": rate(lambda x: g.search(x, K, category=cats[:len(x)]), q, 256),
         "exact_qps_excl": rate(lambda x: g.search(x, K, exclude_ids=[{f"{i:064x}"} for i in range(len(x))]), q, 256),
     })
-    res["torch_bf16_qps"] = rate(torch_topk(e.vecs.to(torch.bfloat16), K), q, 256)  # for the record: not used
+    res["torch_bf16_qps"] = rate(torch_topk(e.vecs.to(torch.bfloat16), K), q, 256)  # bf16 alone: not exact
+
+    def fp32_only(x):  # the same index in float32 throughout: the exact path before the bf16 ranking
+        e.LOW_PRECISION_MIN_ROWS = 1 << 62
+        try:
+            return g.search(x, K)
+        finally:
+            del e.LOW_PRECISION_MIN_ROWS
+    res["exact_fp32_qps"], res["exact_bf16_qps"] = paired_rates(fp32_only, lambda x: g.search(x, K), q, 256)
     old = old_gallery(db, g.name, os.path.dirname(db))
     if old is not None:
         res["before_qps"] = rate(lambda x: old.search(x, K), q, 256, min_s=3, max_calls=4)
@@ -212,6 +220,7 @@ def exact_section(db: str, mix: Mixture, rows: int, out: dict, table: list) -> N
         res["before_qps_single_excl"] = rate(lambda x: old.search(x, K, exclude_ids=["0" * 64]), q, 1, min_s=3)
         del old
     res["exact_ratio"] = res["exact_qps"] / res["torch_qps"]
+    res["bf16_fp32_ratio"] = res["exact_bf16_qps"] / res["exact_fp32_qps"]
     res["exact_ratio_single"] = res["exact_qps_single"] / res["torch_qps_single"]
     for key, v in res.items():
         out[f"{key}_{tag}"] = round(v, 3 if "ratio" in key else 1)

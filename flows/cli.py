@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 import click
 
@@ -225,9 +226,14 @@ def enhance(input, output, **opts) -> None:
                                           "processed": 0}, ["inputs", "already_done", "processed"])
         sys.exit(0)
     from flows.enhance import enhance_archive
+    from rasr import catalog, storage
 
     try:
-        summary = enhance_archive(input, output, cfg, cluster, show_progress=True)
+        listing = None
+        if not cfg.input_list:  # the flow takes this listing instead of listing INPUT again (one listing per run)
+            listing = storage.join(target, "_state", f"listing-{os.getpid()}-{time.time_ns()}.parquet")
+            catalog.write_items(listing, work.items)
+        summary = enhance_archive(input, output, cfg, cluster, show_progress=True, listing=listing)
     except Exception as e:  # noqa: BLE001 - any failure: one line on stderr and exit 1
         fail(e)
     for err in summary["errors"][:50]:

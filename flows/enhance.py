@@ -32,11 +32,13 @@ CALL_BATCHES = 8
 @flow(name="enhance-archive")
 def enhance_archive(input: str, output: str, config: EnhanceConfig | None = None, cluster: Cluster | None = None,
                     since: float | None = None, max_inflight_shards: int | None = None,
-                    show_progress: bool = False) -> dict:
+                    show_progress: bool = False, listing: str | None = None) -> dict:
     """Enhance every new input under `input` into `output` (local folder or s3:// prefix).
 
     config: what to produce and how (rasr.enhance_run.EnhanceConfig); cluster: where the actors run.
-    since: only inputs modified at or after this epoch time are considered (the nightly watermark)."""
+    since: only inputs modified at or after this epoch time are considered (the nightly watermark).
+    listing: a listing of `input` this run already made (catalog.write_items; the CLI's), used instead of listing
+    again and removed at the end."""
     cfg = config or EnhanceConfig()
     flow_setup(cfg, cluster)
     log = get_run_logger()
@@ -47,7 +49,11 @@ def enhance_archive(input: str, output: str, config: EnhanceConfig | None = None
     check_inputs(cfg, input, output)
     cfg_hash = cfg.hash()
     planned_at = time.time()
-    work = plan(cfg, input, output, since)
+    try:
+        work = plan(cfg, input, output, since, items=catalog.read_items(listing) if listing else None)
+    finally:
+        if listing:
+            storage.remove(listing)
     items, shards, todo = work.items, work.shards, work.todo
     log.info(f"{len(items)} inputs, {len(items) - todo} already done, {todo} to enhance in {len(shards)} shards")
     warnings = []
@@ -88,6 +94,7 @@ def enhance_archive(input: str, output: str, config: EnhanceConfig | None = None
             errors = [{"uri": r["source_uri"], "error": r["error"]} for r in rows if r["status"] == "error"]
             runlog.write_run(output, {**summary, "started_at": started, "config": cfg.identity(),
                                       "shard_errors": [f["error"] for f in failures]})
+            compact_state(output, run_id)
             page = results_page(output, run_id)
             if page:
                 summary["report"] = storage.redact(page)
@@ -105,6 +112,19 @@ def enhance_archive(input: str, output: str, config: EnhanceConfig | None = None
         raise RuntimeError(f"{summary['shards_failed']} of {len(shards)} shards failed (their inputs will be retried "
                            f"by the next run): " + "; ".join(f["error"] for f in failures[:3]))
     return summary
+
+
+def compact_state(output: str, run_id: str) -> None:
+    """Roll the done-markers older than a day into the run state (rasr/runstate.py); a warning on failure (the
+    markers stay valid as they are)."""
+    from rasr import runstate
+
+    try:
+        done = runstate.compact(output, run_id)
+        if done.get("markers_rolled") or done.get("rollups_merged"):
+            get_run_logger().info(f"run state compacted: {done}")
+    except Exception as e:  # noqa: BLE001 - compaction saves later reads; it never fails a run
+        get_run_logger().warning(f"run state not compacted: {storage.redact(f'{e.__class__.__name__}: {e}')}")
 
 
 def results_page(output: str, run_id: str) -> str | None:

@@ -18,7 +18,7 @@ from prefect import get_run_logger
 
 from flows._setup import flow, flow_setup
 from flows.enhance import enhance_archive
-from rasr import gc, storage
+from rasr import storage
 from rasr.enhance_run import EnhanceConfig, output_for
 from tasks.cluster import Cluster
 
@@ -43,13 +43,8 @@ def nightly_enhance(input: str, output: str, config: EnhanceConfig | None = None
     since = None if wm is None else wm["listed_at"] - grace_seconds
     log.info("first run: every input" if wm is None else
              f"inputs modified since {dt.datetime.fromtimestamp(since, dt.timezone.utc).isoformat()}")
+    # vanished inputs are the weekly collect-stale deployment's (flows/gc.py): a night does only the night's work
     summary = enhance_archive(input, output, cfg, cluster, since=since)
-    vanished = gc.find_stale(target, input)
-    summary["vanished_inputs"] = len(vanished.sources)
-    if vanished.sources:
-        log.warning(f"{len(vanished.sources)} inputs enhanced earlier no longer exist (e.g. "
-                    f"{storage.redact(vanished.sources[0])}); their outputs and rows stay until "
-                    f"`rasr gc {storage.redact(target)} --apply`")
     storage.write_json(storage.join(target, WATERMARK), {
         "listed_at": listed_at, "listed_at_iso": dt.datetime.fromtimestamp(listed_at, dt.timezone.utc).isoformat(),
         "run_id": summary["run_id"], "processed": summary["processed"], "failed": summary["failed"],

@@ -10,6 +10,7 @@ run sees only new or changed files).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import unicodedata
@@ -20,7 +21,7 @@ from rasr import storage
 from rasr.images import IMAGE_EXTENSIONS
 from rasr.listing import list_files
 
-DONE_DIR = "_done"
+DONE_DIR = "_done"  # rasr/runstate.py: loose markers and their rollups
 MANIFEST_DIR = "manifest"
 IMAGES_DIR = "images"
 RUNS_DIR = "runs"
@@ -74,6 +75,115 @@ def list_inputs(root: str, follow_symlinks: bool = False) -> list[Item]:
             for e in list_files(root, follow_symlinks)]
 
 
+def read_input_list(root: str, list_uri: str, threads: int = 16) -> list[Item]:
+    """The inputs a list names instead of a listing of `root` (a night told what is new by the store's event log
+    or inventory): a text file of keys, one per line (paths relative to `root`, or URIs under it; blank lines and
+    # comments ignored), or an S3 Inventory `manifest.json` (CSV; its Size and LastModifiedDate are used, no
+    request per key). A plain list is stat'ed key by key (concurrently); a key that is not there is an error row."""
+    import posixpath
+
+    from rasr.listing import FileEntry, _hidden, _stamp
+
+    fs, base = storage.filesystem(root)
+    prefix = storage.protocol_prefix(root)
+    base = base.rstrip("/")
+
+    def relpath_of(key: str) -> str | None:
+        key = key.strip()
+        if "://" in key:
+            key = key.split("://", 1)[1]
+        if key.startswith(base + "/"):
+            key = key[len(base) + 1:]
+        rel = posixpath.normpath(key.lstrip("/"))
+        return None if rel.startswith("..") or rel in ("", ".") else rel
+
+    def entry(rel: str, size: int, mtime: str) -> Item:
+        e = FileEntry(prefix + base + "/" + rel, rel, size, mtime)
+        if any(part.startswith(".") for part in rel.split("/")):
+            e = _hidden(e)
+        return Item(e.uri, e.relpath, e.size, e.mtime, e.status, e.reason)
+
+    data = storage.read_bytes(list_uri)
+    if list_uri.rstrip("/").endswith("manifest.json"):  # the whole bucket: only what is under INPUT
+        found = {}
+        for path, size, modified in _inventory_rows(list_uri, json.loads(data)):
+            if path.startswith(base + "/") and (rel := relpath_of(path)) is not None:
+                found[rel] = entry(rel, size, _stamp({"LastModified": modified}))
+        return sorted(found.values(), key=lambda i: i.relpath)
+    keys = [ln.strip() for ln in data.decode("utf-8-sig").splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    bad = [k for k in keys if relpath_of(k) is None]
+    if bad:
+        raise ValueError(f"--input-list {storage.redact(list_uri)}: {bad[0]!r} is not under {storage.redact(root)}")
+    rels = sorted(set(map(relpath_of, keys)))
+
+    def stat(rel: str) -> Item:
+        try:
+            info = fs.info(base + "/" + rel)
+        except FileNotFoundError:
+            return Item(prefix + base + "/" + rel, rel, 0, "", "error",
+                        f"listed in --input-list {storage.redact(list_uri)} but not found under INPUT")
+        return entry(rel, int(info.get("size") or 0), _stamp(info))
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(stat, rels))
+
+
+def _inventory_file(manifest_uri: str, bucket: str, key: str) -> str:
+    """Where an inventory data file is: in its destination bucket; for a local copy of the report, beside the
+    manifest or in the report's data/ folder (<config>/<date>/manifest.json, <config>/data/<file>)."""
+    if manifest_uri.startswith("s3://"):
+        return f"s3://{bucket}/{key}"
+    here = os.path.dirname(manifest_uri)
+    name = key.rsplit("/", 1)[-1]
+    for candidate in (os.path.join(here, name), os.path.join(os.path.dirname(here), "data", name)):
+        if os.path.exists(candidate):
+            return candidate
+    raise FileNotFoundError(f"inventory data file {name} is neither beside {manifest_uri} nor in ../data/")
+
+
+def _inventory_rows(manifest_uri: str, manifest: dict):
+    """(bucket/key, size, last modified) of every object an S3 Inventory report (CSV format) lists."""
+    import csv
+    import gzip
+    import urllib.parse
+
+    if manifest.get("fileFormat", "CSV").upper() != "CSV":
+        raise ValueError(f"{storage.redact(manifest_uri)}: only CSV inventory reports are read "
+                         f"(this one is {manifest.get('fileFormat')}); choose CSV in the inventory configuration")
+    cols = [c.strip() for c in manifest["fileSchema"].split(",")]
+    if "Key" not in cols:
+        raise ValueError(f"{storage.redact(manifest_uri)}: the inventory has no Key column")
+    dest = manifest.get("destinationBucket", "").rsplit(":", 1)[-1]
+    bucket = dest or manifest_uri.split("://", 1)[1].split("/", 1)[0]
+    for f in manifest.get("files", []):
+        raw = storage.read_bytes(_inventory_file(manifest_uri, bucket, f["key"]))
+        text = gzip.decompress(raw).decode() if raw[:2] == b"\x1f\x8b" else raw.decode()
+        for row in csv.reader(io.StringIO(text)):
+            rec = dict(zip(cols, row))
+            if rec.get("IsDeleteMarker", "false").lower() == "true" or rec.get("IsLatest", "true").lower() == "false":
+                continue
+            key = urllib.parse.unquote_plus(rec["Key"])
+            yield f"{rec.get('Bucket') or manifest.get('sourceBucket')}/{key}", int(rec.get("Size") or 0), \
+                rec.get("LastModifiedDate", "")
+
+
+ITEM_FIELDS = ("uri", "relpath", "size", "mtime", "status", "reason")
+
+
+def write_items(uri: str, items: list[Item]) -> None:
+    """A listing as one Parquet object: the CLI's plan handed to the flow (the input is listed once per run)."""
+    import pyarrow as pa
+
+    cols = {f: [getattr(i, f) for i in items] for f in ITEM_FIELDS}
+    storage.write_parquet(uri, pa.table({**cols, "size": pa.array(cols["size"], pa.int64())}), compression="zstd")
+
+
+def read_items(uri: str) -> list[Item]:
+    import pyarrow.parquet as pq
+
+    return [Item(**r) for r in pq.read_table(io.BytesIO(storage.read_bytes(uri))).to_pylist()]
+
+
 def shard_id(cfg_hash: str, items: list[Item]) -> str:
     h = hashlib.sha256(cfg_hash.encode())
     for it in items:
@@ -81,19 +191,12 @@ def shard_id(cfg_hash: str, items: list[Item]) -> str:
     return h.hexdigest()[:16]
 
 
-def done_markers(out: str) -> list[dict]:
-    """Contents of every done-marker under <out>/_done (read concurrently: there may be thousands)."""
-    fs, base = storage.filesystem(storage.join(out, DONE_DIR))
-    if not fs.exists(base):
-        return []
-    paths = [p for p in fs.find(base) if p.endswith(".json")]
-    if not paths:
-        return []
-    if storage.is_remote(out):
-        blobs = fs.cat(paths)  # s3fs fetches a list concurrently
-        return [json.loads(blobs[p]) for p in paths]
-    with ThreadPoolExecutor(8) as pool:
-        return list(pool.map(lambda p: json.loads(open(p, "rb").read()), paths))
+def done_markers(out: str, config_hash: str | None = None, relpaths: set[str] | None = None) -> list[dict]:
+    """Every finished shard's marker under <out>/_done, loose or rolled up (rasr/runstate.py); only those of
+    `config_hash` and the items in `relpaths` when given."""
+    from rasr import runstate
+
+    return runstate.read(out, config_hash, relpaths)
 
 
 def covered(markers: list[dict], cfg_hash: str, retry_failed: bool = False) -> dict[str, list[dict]]:

@@ -21,7 +21,7 @@ from rasr.options import STRICT, option
 
 # what `identity` leaves out: the same outputs whatever these are
 NOT_HASHED = ("device", "batch_size", "db", "png_level", "quality", "shard_size", "follow_symlinks", "nest_by_input",
-              "retry_failed", "c2pa_cert", "c2pa_key")
+              "retry_failed", "c2pa_cert", "c2pa_key", "input_list")
 # options added after runs existed: hashed only when set, so earlier runs' hashes (and their resume) hold
 HASHED_WHEN_SET = {"output_profile": "keep", "strip_metadata": False, "strip_gps": False}
 
@@ -78,6 +78,9 @@ class EnhanceConfig:
     c2pa_cert: str | None = option(None, "PEM certificate chain to sign a C2PA manifest into each output.",
                                    envvar="RASR_C2PA_CERT")
     c2pa_key: str | None = option(None, "PEM private key of --c2pa-cert.", envvar="RASR_C2PA_KEY")
+    input_list: str | None = option(None, "Enhance the keys this file lists instead of listing INPUT (one key per "
+                                           "line, relative to INPUT or a URI under it; or an S3 Inventory "
+                                           "manifest.json): a night told what is new skips the listing.")
     retry_failed: bool = option(False, "Also redo inputs that failed for good (not an image, too large...); inputs "
                                        "that failed for a reason that can pass are always retried.")
 
@@ -119,6 +122,9 @@ def check_inputs(cfg: EnhanceConfig, input: str, output: str) -> None:
     """Validate every argument before any engine starts: a mistake is reported in about a second,
     not after Prefect, Ray and the models have started (or, worse, after the work is done); then claim
     OUTPUT for INPUT (`claim_output`). `output` is where the run writes (`output_for`)."""
+    if cfg.input_list and not storage.exists(cfg.input_list):
+        raise UsageError(f"--input-list {storage.redact(cfg.input_list)} does not exist: give a file of keys (one per "
+                         f"line) or an S3 Inventory manifest.json")
     if cfg.generator not in GENERATORS and ":" not in cfg.generator:  # module:Class = a custom generator
         raise UsageError(f"unknown generator {cfg.generator!r}: choose one of {', '.join(GENERATORS)}")
     if cfg.color_fix not in COLOR_FIXES:
@@ -239,15 +245,21 @@ class Plan:
         return sum(len(s.items) for s in self.shards)
 
 
-def plan(cfg: EnhanceConfig, input: str, output: str, since: float | None = None) -> Plan:
-    """List inputs, drop those finished shards cover (same config, same size and mtime, or the same bytes),
-    shard the rest; inputs that failed for a reason that can pass are planned again.
+def plan(cfg: EnhanceConfig, input: str, output: str, since: float | None = None,
+         items: list[Item] | None = None) -> Plan:
+    """List inputs (or read --input-list, or take `items`: a listing already made this run), drop those finished
+    shards cover (same config, same size and mtime, or the same bytes), shard the rest; inputs that failed for a
+    reason that can pass are planned again.
 
     since: only inputs modified at or after this epoch time (the nightly watermark)."""
-    items = catalog.list_inputs(input, cfg.follow_symlinks)
+    if items is None:
+        items = (catalog.read_input_list(input, cfg.input_list) if cfg.input_list
+                 else catalog.list_inputs(input, cfg.follow_symlinks))
     listed = len(items)
     if since is not None:
         items = [i for i in items if (listing.mtime_seconds(i.mtime) or float("inf")) >= since]
-    done = catalog.covered(catalog.done_markers(output), cfg.hash(), retry_failed=cfg.retry_failed)
+    # the run state of this config; of the listed keys only, for a list (a night reads row groups, not the archive)
+    markers = catalog.done_markers(output, cfg.hash(), {i.relpath for i in items} if cfg.input_list else None)
+    done = catalog.covered(markers, cfg.hash(), retry_failed=cfg.retry_failed)
     done = catalog.same_bytes(items, done)  # a file replaced by identical bytes is not redone
     return Plan(listed, items, catalog.plan(items, done, cfg.hash(), cfg.shard_size))

@@ -24,11 +24,12 @@ import pyarrow.compute
 from rasr import storage
 from rasr.exact_search import ExactIndex, Hit, TableChanged, as_set, groups
 
-# Exact/ANN crossover in rows, measured by bench/retrieval.py (2 cores, 1280-d): the ANN path answers
-# batches of 256 faster than the exact matmul above ~50k-120k rows (runs differ with machine load) and
-# single queries above ~15k-20k. Every model actor holds the exact matrix (4 B x dim per row: 244 MB at
-# 50k rows of 1280-d) while the ANN path holds ~32 MB per 100k rows, so the threshold sits at the low end.
-ANN_MIN_ROWS = 50_000
+# Exact/ANN crossover in rows, measured by bench/retrieval.py (2 cores, 1280-d) with the exact path ranking in bf16
+# and re-ranking in float32 (rasr/exact_search.py): ANN answers batches of 256 faster above ~180k rows, single
+# queries above ~60k. At the paper's gallery size (85k) the exact path answers 1,054 q/s batched, 1.6x a plain float32
+# torch matmul + topk and 2x the ANN index. Every model actor holds the exact matrix (6 B x dim per row, float32 +
+# bf16: 730 MB at 100k rows of 1280-d) while the ANN path holds ~32 MB per 100k rows.
+ANN_MIN_ROWS = 100_000
 # ANN index and search settings, chosen by bench/retrieval.py (see docs/PERFORMANCE.md).
 ANN_INDEX = "IVF_SQ"  # or "IVF_HNSW_SQ"
 ANN_ROWS_PER_PARTITION = 2048

@@ -4,7 +4,8 @@ The manifest answers "what is the current output of each input"; an input delete
 would otherwise keep its `ok` row and its image for ever. `find_stale` lists them (the nightly flow
 reports the count); `collect` removes them: manifest rows first (so a crash in between leaves an
 orphan image, never a row pointing at nothing), then the images, then the inputs' entries in the
-done-markers. Temporary files older than an hour (a write killed mid-way) are removed too.
+run state (rasr/runstate.py). Temporary files older than an hour (a write killed mid-way) are removed too, looked
+for where writes are staged (not in the image tree).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from rasr import catalog, manifest, storage
+from rasr import catalog, manifest, runstate, storage
 
 TEMP_MAX_AGE_S = 3600.0
 
@@ -57,7 +58,14 @@ def _source_exists(uri: str) -> bool:
 def _old_temp_files(output: str) -> list[str]:
     if storage.is_remote(output) or not os.path.isdir(output):
         return []  # object stores write whole objects: nothing half-written to collect
-    return [p for dirpath, _, _ in os.walk(output) for p in storage.stale_temp_files(dirpath, TEMP_MAX_AGE_S)]
+    # where writes are staged (catalog.temp_dir: every image, thumbnail, manifest and marker write), and the small
+    # folders whose writers may stage next to the file; never a walk of the images or thumbnails (the archive's size)
+    big = {os.path.join(output, catalog.IMAGES_DIR), os.path.join(output, "report", "thumbs")}
+    found = []
+    for dirpath, dirnames, _ in os.walk(output):
+        dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in big]
+        found += storage.stale_temp_files(dirpath, TEMP_MAX_AGE_S)
+    return found
 
 
 def collect(output: str, stale: Stale) -> dict:
@@ -77,16 +85,11 @@ def collect(output: str, stale: Stale) -> dict:
         if storage.exists(out_uri):
             storage.remove(out_uri)
             removed += 1
-    relpaths = defaultdict(set)  # 3. done-marker entries (a re-created input is then enhanced again)
+    relpaths = defaultdict(set)  # 3. run-state entries (a re-created input is then enhanced again)
     for r in stale.rows:
         relpaths[r["shard_id"]].add(r["relpath"])
-    for sid, rels in relpaths.items():
-        marker_uri = catalog.done_marker_uri(output, sid)
-        if not storage.exists(marker_uri):
-            continue
-        marker = storage.read_json(marker_uri)
-        marker["items"] = [it for it in marker.get("items", []) if it["relpath"] not in rels]
-        storage.write_json(marker_uri, marker)
+    if relpaths:
+        runstate.rewrite(output, dict(relpaths))
     for path in stale.temp_files:
         storage.remove(path)
     return {"inputs": len(gone), "rows": len(stale.rows), "images": removed, "temp_files": len(stale.temp_files)}

@@ -1,6 +1,6 @@
 """Benchmarks that no other test runs, in their smoke modes: a schema or API change fails here instead of
 rotting in bench/. Here: bench/encoding.py --smoke, bench/train_gpu.py --tiny, bench/pipeline_gpu.py (its
-refusal without CUDA), bench/instance_refs.py --smoke. Elsewhere: bench/color_fix.py (test_faithful),
+refusal without CUDA), bench/instance_refs.py --smoke, bench/scale.py --smoke. Elsewhere: bench/color_fix.py (test_faithful),
 bench/colour.py (test_derivatives), bench/reproduce_osediff.py (test_reproduce), bench/refdsr_gpu.py
 (test_refdsr). Not run by any test yet
 (issue 25): the retrieval bench (its smoke mode takes 31 s), the pipeline, both evaluation and the
@@ -54,3 +54,11 @@ def test_instance_refs_bench_smoke():
             "negatives", "time_ratio"} <= set(result)
     assert result["negatives"] == 3 and result["false_transfer_rate"] == 0.0
     assert result["psnr_gain_bicubic_real"] > 0.5 and result["psnr_gain_synthetic"] > 1.0
+
+
+@pytest.mark.integration  # 8 planning processes (~6 s)
+def test_scale_bench_smoke():
+    """bench/scale.py --smoke: every night plans exactly its new photos, from loose and compacted state alike."""
+    result = bench("scale").main(["--smoke"])
+    assert result["archives"] == [1000, 4000] and result["new"] == 50
+    assert result["plan_time_ratio"] > 0 and result["plan_rss_ratio"] > 0

@@ -164,6 +164,13 @@ def test_reruns_after_edits_settle(env, tmp_path):
         again = rasr(env, "enhance", str(inp), str(out), *BICUBIC)
         assert again.returncode == 0 and "nothing new: all 4 inputs are done" in again.stdout
         assert "run_id" not in summary_of(again.stdout)
+    assert not list((out / "_state").glob("listing-*"))  # the CLI's listing, handed to the flow, is gone
+    # a night told what is new (--input-list): only the listed photo, with no listing of INPUT
+    photos(inp, names=("q4.png", "q5.png"), offset=3)
+    (tmp_path / "new.txt").write_text("q4.png\n")
+    night = rasr(env, "enhance", str(inp), str(out), *BICUBIC, "--input-list", str(tmp_path / "new.txt"))
+    assert night.returncode == 0 and summary_of(night.stdout)["processed"] == "1", night.stdout + night.stderr
+    assert "q4.png" in rows_by_name(out) and "q5.png" not in rows_by_name(out)
 
 
 # ---- 4. which gallery version each row retrieved from ---------------------------------------------------------

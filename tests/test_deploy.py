@@ -93,7 +93,7 @@ def test_deployments_on_a_real_server(server, sample_dirs, small_gallery, db, tm
     prefect(env, "work-pool", "create", "rasr-gpu", "--type", "process")  # k8s in production; any type deploys
     prefect(env, "--no-prompt", "deploy", "--all")
     listed = prefect(env, "deployment", "ls")
-    for name in ("nightly-enhance", "reindex-gallery", "evaluate", "train"):
+    for name in ("nightly-enhance", "collect-stale", "reindex-gallery", "evaluate", "train"):
         assert name in listed
 
     # the nightly deployment: cron 02:00, concurrency limit 1, the parameters from the environment
@@ -138,7 +138,8 @@ def _deployment_json(env, name: str) -> str:
 def test_prefect_yaml_shape():
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     names = {d["name"]: d for d in spec["deployments"]}
-    assert set(names) == {"nightly-enhance", "reindex-gallery", "evaluate", "train"}
+    assert set(names) == {"nightly-enhance", "collect-stale", "reindex-gallery", "evaluate", "train"}
+    assert names["collect-stale"]["schedules"][0]["cron"] == "0 4 * * 0"  # weekly, not part of the nights
     assert names["nightly-enhance"]["concurrency_limit"] == 1
     assert names["nightly-enhance"]["schedules"][0]["cron"] == "0 2 * * *"
     assert "timezone" in names["nightly-enhance"]["schedules"][0]

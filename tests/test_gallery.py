@@ -289,3 +289,34 @@ def test_reindexing_without_an_encoder_keeps_the_tables_own(tmp_path):
     assert G.table_encoder(db, "other") is None
     G.Gallery.create_or_open(db, "gallery", "dinov2", 4)
     assert G.table_encoder(db) is None  # two candidates: the caller decides (--encoder)
+
+
+def test_bf16_ranking_with_float32_rerank_returns_lancedb_flat_search_hits(tmp_path):
+    """Above ExactIndex.LOW_PRECISION_MIN_ROWS the matrix is ranked in bf16 and re-ranked in float32. On clustered
+    vectors (near ties, where bf16 alone reorders neighbours) the hits and similarities are LanceDB's own flat
+    search's, with exclusions and a category filter."""
+    from rasr.exact_search import ExactIndex
+
+    rng = np.random.default_rng(7)
+    n, d = ExactIndex.LOW_PRECISION_MIN_ROWS + 4000, 32
+    centres = unit(rng, 300, d)
+    vecs = centres[rng.integers(0, 300, n)] + 0.05 * rng.normal(size=(n, d)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    g = G.Gallery.create_or_open(str(tmp_path / "db"), "g", "test", d)
+    g.upsert(rows(vecs, cats=["a" if i % 5 else "b" for i in range(n)]))
+    q = vecs[rng.integers(0, n, 12)] + 0.02 * rng.normal(size=(12, d)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    import torch
+
+    bf16 = torch.topk(torch.from_numpy(q).bfloat16() @ torch.from_numpy(vecs).bfloat16().T, 10).indices.numpy()
+    fp32 = np.argsort(-(q @ vecs.T), axis=1, kind="stable")[:, :10]
+    assert (bf16 != fp32).any()  # bf16 alone would reorder or miss neighbours here: the re-rank is needed
+    hits = g.search(q, k=10, exclude_ids=[["img5"]] * 12)
+    assert g._exact.low_precision is not None and g._exact._low_mat is not None  # the bf16 path ran
+    for qi, hs in enumerate(hits):
+        ref_ids, ref_sims = flat_reference(g, q[qi], 10, exclude=("img5",))
+        assert [h.id for h in hs] == ref_ids
+        np.testing.assert_allclose([h.similarity for h in hs], ref_sims, atol=1e-5)
+    # a category slice of more than the threshold too (a: 4/5 of the rows)
+    for qi, hs in enumerate(g.search(q[:3], k=5, category="a")):
+        assert [h.id for h in hs] == flat_reference(g, q[qi], 5, category="a")[0]
