@@ -1,10 +1,9 @@
 """Benchmarks that no other test runs, in their smoke modes: a schema or API change fails here instead of
 rotting in bench/. Here: bench/encoding.py --smoke, bench/train_gpu.py --tiny, bench/pipeline_gpu.py (its
-refusal without CUDA), bench/instance_refs.py --smoke, bench/scale.py --smoke. Elsewhere: bench/color_fix.py (test_faithful),
-bench/colour.py (test_derivatives), bench/reproduce_osediff.py (test_reproduce), bench/refdsr_gpu.py
-(test_refdsr). Not run by any test yet
-(issue 25): the retrieval bench (its smoke mode takes 31 s), the pipeline, both evaluation and the
-retrieval-quality benches (minutes each)."""
+refusal without CUDA), bench/instance_refs.py --smoke, bench/scale.py --smoke, bench/retrieval.py --smoke.
+Elsewhere: bench/color_fix.py (test_faithful), bench/colour.py (test_derivatives), bench/reproduce_osediff.py
+(test_reproduce), bench/refdsr_gpu.py (test_refdsr). Not run by any test yet (issue 25): the pipeline, both
+evaluation and the retrieval-quality benches (minutes each; the last needs Debian photo sets)."""
 
 from __future__ import annotations
 
@@ -62,3 +61,14 @@ def test_scale_bench_smoke():
     result = bench("scale").main(["--smoke"])
     assert result["archives"] == [1000, 4000] and result["new"] == 50
     assert result["plan_time_ratio"] > 0 and result["plan_rss_ratio"] > 0
+
+
+@pytest.mark.integration  # builds a 5k exact and a 10k ANN table (~25 s)
+def test_retrieval_bench_smoke():
+    """bench/retrieval.py --smoke (it rotted once on a schema change): the keys the docs quote, an ANN index that
+    finds the exact neighbours of clustered data, the category filter honoured."""
+    result = bench("retrieval").main(["--smoke"])
+    for key in ("exact_qps_100k", "torch_qps_100k", "exact_ratio_100k", "ann_recall5_1m", "crossover_rows",
+                "ann_min_rows", "exact_fp32_qps_5k", "exact_bf16_qps_5k"):
+        assert key in result, key
+    assert result["ann_recall5_10k"] >= 0.95 and result["ann_cat_ok"]
