@@ -270,7 +270,10 @@ class EnhanceWorker:
                 _note(row, f"reference {storage.redact(uri)} not verified: {storage.redact(e)}")
         match, inliers = None, 0
         if candidates:
-            match, inliers = transfer.verify(transfer.query_features(dec.rgb, self.restorer.scale), candidates)
+            try:
+                match, inliers = transfer.verify(transfer.query_features(dec.rgb, self.restorer.scale), candidates)
+            except Exception as e:  # noqa: BLE001 - an input verification cannot handle is enhanced without
+                _note(row, f"same-scene verification failed, none used: {e.__class__.__name__}: {storage.redact(e)}")
         row["ref_inliers"] = inliers
         row["timings_ms"]["retrieve"] += (time.perf_counter() - t0) * 1e3
         if match is not None:

@@ -254,3 +254,27 @@ def test_evaluation_table1_gains_a_transfer_row_per_method(transfer_runs, motorc
     assert _psnr_y(sr, motorcycle[0]) > _psnr_y(plain, motorcycle[0]) + 1.0
     table = report.table1_markdown(report.summarize(pd.DataFrame(rows)), {"psnr": "ok", "ssim": "ok"}, "bicubic")
     assert "| bicubic (transfer) |" in table
+
+
+@pytest.mark.integration  # one more EnhanceWorker pass (~3 s)
+def test_a_failing_verification_or_transfer_costs_the_transfer_not_the_output(transfer_runs, monkeypatch):
+    from rasr import catalog
+    from rasr.enhance import EnhanceWorker
+
+    out_off, off, _ = transfer_runs["off"]
+    db = transfer_runs["auto"][2].cfg.db
+    archive = os.path.join(os.path.dirname(db), "archive")
+    for broken in ("verify", "transfer"):
+        def boom(*a, _what=broken, **k):
+            raise RuntimeError(f"{_what} broke")
+        monkeypatch.setattr(transfer, broken, boom)
+        w = EnhanceWorker(EnhanceConfig(generator="bicubic", db=db, top_k=3))
+        out = os.path.join(os.path.dirname(db), f"out-broken-{broken}")
+        rows = {r["relpath"]: r for r in w.process(catalog.list_inputs(archive), out, "s0", "x")}
+        w.close()
+        monkeypatch.undo()
+        pos = rows["scenes/motorcycle_left.png"]
+        assert all(r["status"] == "ok" for r in rows.values())
+        assert f"{broken} broke" in pos["notes"] and not pos["ref_used"] and pos["ref_match"] == "semantic"
+        with open(pos["output_uri"], "rb") as a, open(off["scenes/motorcycle_left.png"]["output_uri"], "rb") as b:
+            assert a.read() == b.read()  # exactly the output without transfer
