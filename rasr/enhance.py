@@ -383,7 +383,7 @@ class EnhanceWorker:
             return hr
         row["ref_coverage"] = done.coverage
         row["timings_ms"]["restore"] += (time.perf_counter() - t0) * 1e3
-        if done.coverage == 0.0 and not (done.mask > 0).any():
+        if not (done.mask > 0).any():
             row["ref_match"] = "semantic"
             _note(row, f"same-scene reference {match.ref_id[:12]} verified ({match.inliers} inliers) but nowhere "
                        f"confident after alignment: not used")

@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from rasr import storage
+from rasr import images, storage
 
 FEATURES = "rootsift-3000-1600px-v1"  # what a cached feature file holds: change it and the cache starts over
 TRANSFER = "homography+dis-highband-v1"  # the transfer recipe, part of the config hash of runs that transfer
@@ -40,8 +40,8 @@ MAX_FEATURES = 3000
 FEATURE_SIDE = 1600   # features are found on images at most this long (coordinates scaled back)
 RATIO = 0.8           # Lowe's ratio test
 RANSAC_PX = 4.0       # MAGSAC threshold, output pixels
-# inliers for a same-scene verdict: different-scene pairs reached at most 9 in bench/instance_refs.py (22 queries
-# x 7 references); same-scene pairs registered with 14-350
+# inliers for a same-scene verdict: different-scene pairs reached at most 9 when the threshold was chosen (22 photos
+# against the 7 opencv-doc references) and 6 in bench/instance_refs.py's full run; same-scene pairs verified with 21-214
 MIN_INLIERS = 15
 MIN_SPREAD = 0.01     # the inliers' convex hull covers at least this fraction of the output
 FLOW_PIXELS = 2_000_000  # optical flow at most at this many pixels (then upsampled)
@@ -75,9 +75,13 @@ class Features:
         return np.sqrt(d / (d.sum(1, keepdims=True) + 1e-7))
 
 
+def _to8(a: np.ndarray) -> np.ndarray:
+    """8-bit pixels of an 8- or 16-bit image (images.to_8bit: the one conversion between the depths)."""
+    return images.to_8bit(a) if a.dtype == np.uint16 else a
+
+
 def _gray(rgb: np.ndarray) -> np.ndarray:
-    if rgb.dtype == np.uint16:
-        rgb = (rgb.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    rgb = _to8(rgb)
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if rgb.ndim == 3 else rgb
 
 
@@ -206,9 +210,7 @@ class FeatureCache:
                 return self._mem[ref_id]
         f = self._load(ref_id)
         if f is None:
-            from rasr.images import decode_image
-
-            f = features(decode_image(storage.read_bytes(ref_uri), max_pixels=1 << 62).rgb)
+            f = features(images.decode_image(storage.read_bytes(ref_uri), max_pixels=1 << 62).rgb)
             self.computed += 1
             self._store(ref_id, f)
         with self._lock:
@@ -247,10 +249,6 @@ class Transfer:
     mask: np.ndarray     # (h, w) float32 confidence in [0, 1]
     aligned: np.ndarray  # (h, w, 3) uint8 the reference aligned to the output
     coverage: float      # fraction of the output where the confidence is at least 0.5
-
-
-def _to8(a: np.ndarray) -> np.ndarray:
-    return (a.astype(np.float32) / 257.0 + 0.5).astype(np.uint8) if a.dtype == np.uint16 else a
 
 
 def _as_float(a: np.ndarray) -> np.ndarray:
