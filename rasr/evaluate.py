@@ -214,15 +214,16 @@ class EvalWorker:
         return {"ref_id": ids[j], "ref_uri": uris[j], "ref_category": cats[j], "ref_similarity": None}
 
     def _references(self, relpath: str, lr: np.ndarray, hr_sha: str, seed: int, category: str):
-        """{mode: ref dict or None} and retrieval rows (top-1 per encoder, plus the random baseline)."""
+        """{mode: ref dict or None}, retrieval rows (top-1 per encoder, plus the random baseline), and the primary
+        gallery's top TRANSFER_TOP_K hits (what a same-scene transfer verifies)."""
         refs: dict[str, dict | None] = {"none": None}
         retrieval = []
-        self._candidates = []
+        candidates = []
         for enc_name, g in self.galleries.items():
             vec = self.encoders[enc_name].encode([lr])
             hits = g.search(vec, k=TRANSFER_TOP_K if g is self.primary else 1, exclude_ids=[hr_sha])[0]
             if g is self.primary:
-                self._candidates = hits  # what a same-scene transfer verifies
+                candidates = hits
             hit = hits[0] if hits else None
             retrieval.append({"relpath": relpath, "category": category, "encoder": enc_name,
                               "top1_uri": hit.uri if hit else None, "top1_category": hit.category if hit else None,
@@ -241,7 +242,7 @@ class EvalWorker:
         if relpath in self.cfg.pairs:
             uri = self.cfg.pairs[relpath]
             refs["given"] = {"ref_id": None, "ref_uri": uri, "ref_category": None, "ref_similarity": None}
-        return refs, retrieval
+        return refs, retrieval, candidates
 
     def _runs(self) -> list[tuple[str, str]]:
         """(method, reference mode) pairs to evaluate."""
@@ -303,8 +304,9 @@ class EvalWorker:
             base["lr_uri"] = storage.join(out, "images", "lr", rel + ".png")
             storage.write_bytes(base["gt_uri"], _png(hr))
             storage.write_bytes(base["lr_uri"], _png(lr))
-        refs, retrieval = self._references(item.relpath, lr, hashlib.sha256(data).hexdigest(), seed,
-                                           base["category"])
+        refs, retrieval, candidates = self._references(item.relpath, lr, hashlib.sha256(data).hexdigest(), seed,
+                                                       base["category"])
+        verified = []  # the same-scene match of this image (verified once, for every method's transfer row)
         rows = []
         made: dict[str, tuple[np.ndarray, float]] = {}  # method -> (its first output, restore ms): what transfer takes
         suite = self.suite if min(hr.shape[:2]) >= NIQE_MIN_SIZE else self.suite_small
@@ -313,7 +315,7 @@ class EvalWorker:
             restorer = self.restorers[method]
             row["weights_id"] = restorer.g.weights_id
             if mode == TRANSFER_MODE:
-                self._transfer_row(row, made.get(method), lr, hr, suite, out, rel)
+                self._transfer_row(row, made.get(method), lr, hr, candidates, verified, suite, out, rel)
             elif mode not in refs:
                 row.update(status="error", error=f"no reference for mode {mode!r}"
                            + (" (not in the pairs CSV)" if mode == "given" else " (no gallery: pass --db)"))
@@ -343,9 +345,10 @@ class EvalWorker:
         return rows, retrieval
 
     def _transfer_row(self, row: dict, made: tuple[np.ndarray, float] | None, lr: np.ndarray, hr: np.ndarray,
-                      suite, out: str, rel: str) -> None:
+                      candidates: list, verified: list, suite, out: str, rel: str) -> None:
         """Score `made` (a method's output) after same-scene transfer from the verified candidate; the output as it
-        was when none verifies (ref_match says which)."""
+        was when none verifies (ref_match says which). `verified` holds the image's match once the first method
+        has verified it (the LR and the candidates are the same for every method)."""
         from rasr import transfer
 
         if made is None:
@@ -354,11 +357,13 @@ class EvalWorker:
         sr, ms = made
         try:
             t0 = time.perf_counter()
-            cands = [(h.id, h.uri, self._features.get(h.id, h.uri)) for h in self._candidates]
-            match, _ = transfer.verify(transfer.query_features(lr, SCALE), cands)
-            row["ref_match"] = "same_scene" if match else ("semantic" if cands else "none")
+            if not verified:
+                cands = [(h.id, h.uri, self._features.get(h.id, h.uri)) for h in candidates]
+                verified.append(transfer.verify(transfer.query_features(lr, SCALE), cands)[0])
+            match = verified[0]
+            row["ref_match"] = "same_scene" if match else ("semantic" if candidates else "none")
             if match is not None:
-                hit = self._candidates[match.index]
+                hit = candidates[match.index]
                 row.update(ref_id=hit.id, ref_uri=hit.uri, ref_category=hit.category, ref_similarity=hit.similarity)
                 done = transfer.transfer(sr, lr, self._refs.get(hit.uri), match.homography)
                 sr = done.pixels
