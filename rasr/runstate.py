@@ -34,9 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rasr import storage
+from rasr import catalog, storage
 
-DONE_DIR = "_done"
 ROLLUP_PREFIX = "rollup-"
 COMPACT_MIN_AGE_S = float(os.environ.get("RASR_COMPACT_MIN_AGE", 86400))  # markers younger than this stay loose
 COMPACT_MIN_MARKERS = 16   # fewer old markers than this: not worth a file
@@ -53,7 +52,7 @@ SCHEMA = pa.schema([
 
 def _files(out: str) -> tuple[list[str], list[str], object]:
     """(marker paths, rollup paths, fs) under <out>/_done: one listing."""
-    fs, base = storage.filesystem(storage.join(out, DONE_DIR))
+    fs, base = storage.filesystem(storage.join(out, catalog.DONE_DIR))
     if not fs.exists(base):
         return [], [], fs
     names = fs.ls(base, detail=False)
@@ -132,7 +131,7 @@ def _read(out: str, config_hash: str | None, relpaths: set[str] | None) -> list[
             keep(m)
     for path, data in _read_all(fs, markers, remote).items():
         m = json.loads(data)
-        m.setdefault("shard_id", path.rsplit("/", 1)[-1][len("shard="):-len(".json")])
+        m.setdefault("shard_id", _shard_of(path))
         if config_hash is not None and m.get("config_hash") != config_hash:
             continue
         if relpaths is not None:
@@ -151,23 +150,23 @@ def _rows_of(marker: dict) -> list[dict]:
 def _write_rollup(out: str, rows: list[dict]) -> str:
     rows.sort(key=lambda r: (r["relpath"], r["shard_id"] or ""))
     name = f"{ROLLUP_PREFIX}{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{secrets.token_hex(4)}.parquet"
-    uri = storage.join(out, DONE_DIR, name)
-    table = pa.Table.from_pylist(rows, schema=SCHEMA)
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd", row_group_size=65536)
-    from rasr.catalog import temp_dir
-
-    storage.write_bytes(uri, buf.getvalue(), temp_dir(out))
+    uri = storage.join(out, catalog.DONE_DIR, name)
+    # row groups of 64k rows: readers filter a group at a time (`_rollup_rows`)
+    storage.write_parquet(uri, rows, SCHEMA, catalog.temp_dir(out), compression="zstd", row_group_size=65536)
     return uri
 
 
+def _shard_of(path: str) -> str:
+    """The shard id a marker's path names (<out>/_done/shard=<id>.json)."""
+    return path.rsplit("/", 1)[-1][len("shard="):-len(".json")]
+
+
 def _lease(out: str, run_id: str):
-    from rasr.catalog import LEASE_DIR, LEASE_TTL
     from rasr.locks import Lease
 
     if storage.is_remote(out) and not out.startswith("s3://"):
         return None
-    return Lease(storage.join(out, LEASE_DIR, "compact.json"), ttl=LEASE_TTL, run_id=run_id)
+    return Lease(storage.join(out, catalog.LEASE_DIR, "compact.json"), ttl=catalog.LEASE_TTL, run_id=run_id)
 
 
 def compact(out: str, run_id: str = "compact", now: float | None = None, min_age: float | None = None) -> dict:
@@ -202,7 +201,7 @@ def _compact(out: str, now: float, min_age: float) -> dict:
         if len(old) >= COMPACT_MIN_MARKERS:
             rows = []
             for p, m in old.items():
-                m.setdefault("shard_id", p.rsplit("/", 1)[-1][len("shard="):-len(".json")])
+                m.setdefault("shard_id", _shard_of(p))
                 rows += _rows_of(m)
             _write_rollup(out, rows)
             fs.rm(sorted(old))  # only now: their rows are in a complete rollup (on S3: 1,000 per request)
@@ -229,15 +228,14 @@ def rewrite(out: str, drop: dict[str, set[str]], run_id: str = "gc") -> int:
         remote = storage.is_remote(out)
         removed = 0
         for path, data in _read_all(fs, markers, remote).items():
-            sid = path.rsplit("/", 1)[-1][len("shard="):-len(".json")]
+            sid = _shard_of(path)
             if sid not in drop:
                 continue
             m = json.loads(data)
             keep = [it for it in m.get("items", []) if it["relpath"] not in drop[sid]]
             removed += len(m.get("items", [])) - len(keep)
             m["items"] = keep
-            storage.write_bytes(storage.protocol_prefix(out) + path if remote else path,
-                                json.dumps(m, indent=1, sort_keys=True, default=str).encode())
+            storage.write_json(storage.protocol_prefix(out) + path if remote else path, m, catalog.temp_dir(out))
         for path, data in _read_all(fs, rollups, remote).items():
             rows = pq.read_table(io.BytesIO(data), schema=SCHEMA).to_pylist()
             keep = [r for r in rows if r["relpath"] not in drop.get(r["shard_id"], ())]

@@ -202,15 +202,15 @@ def write_json(uri: str, obj, tmp_dir: str | None = None) -> None:
 
 
 def write_parquet(uri: str, table_or_rows, schema=None, tmp_dir: str | None = None,
-                  compression: str = "snappy") -> None:
+                  compression: str = "snappy", row_group_size: int | None = None) -> None:
     """Write a pyarrow Table, or a list of row dicts (typed by `schema`), as one Parquet object,
-    atomically through write_bytes. `compression` defaults to pyarrow's own (snappy)."""
+    atomically through write_bytes. `compression` defaults to pyarrow's own (snappy), `row_group_size` too."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = table_or_rows if isinstance(table_or_rows, pa.Table) else pa.Table.from_pylist(table_or_rows, schema=schema)
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression=compression)
+    pq.write_table(table, buf, compression=compression, row_group_size=row_group_size)
     write_bytes(uri, buf.getvalue(), tmp_dir)
 
 
