@@ -41,11 +41,14 @@ def write_state(out: str, archive: int, new_root: str, new: int) -> None:
     """Done-markers for `archive` inputs (old enough to be compacted), and `new` real files under new_root."""
     from rasr import catalog, storage
 
+    from rasr.enhance_run import EnhanceConfig
+
+    cfg_hash = EnhanceConfig(generator="bicubic").hash()  # the config `measure` plans with
     at = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3)).isoformat()
     local = not storage.is_remote(out)
     for s in range(0, archive, SHARD):
         sid = f"{s:012x}"
-        marker = {"shard_id": sid, "config_hash": CFG_HASH, "run_id": "old", "finished_at": at, "counts": {"ok": SHARD},
+        marker = {"shard_id": sid, "config_hash": cfg_hash, "run_id": "old", "finished_at": at, "counts": {"ok": SHARD},
                   "items": [{"relpath": f"old/{i // 1000:05d}/{i:08d}.png", "size": 1000 + i % 7,
                              "mtime": f"{1600000000 + i}.000000", "status": "ok", "sha256": f"{i:064x}"}
                             for i in range(s, min(archive, s + SHARD))]}
@@ -59,9 +62,6 @@ def write_state(out: str, archive: int, new_root: str, new: int) -> None:
             storage.write_bytes(catalog.done_marker_uri(out, sid), data)
     for i in range(new):
         storage.write_bytes(storage.join(new_root, f"new/{i:06d}.png"), b"\x89PNG" + i.to_bytes(4, "big"))
-
-
-CFG_HASH = None  # set from the bench's EnhanceConfig
 
 
 def measure(args: dict) -> dict:
@@ -99,10 +99,6 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(measure(json.loads(args.child))))
         return {}
     from rasr import runstate
-    from rasr.enhance_run import EnhanceConfig
-
-    global CFG_HASH
-    CFG_HASH = EnhanceConfig(generator="bicubic").hash()
     sizes = [1_000, 4_000] if args.smoke else [2_000, 20_000] if args.quick else [10_000, 100_000, 1_000_000]
     new = 50 if args.smoke else args.new
     stores = ["local"] if args.smoke else ["local", "s3"]
