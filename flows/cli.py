@@ -6,6 +6,7 @@ Exit codes: 0 done; 1 the run could not complete (message on stderr); 2 usage er
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -228,14 +229,18 @@ def enhance(input, output, **opts) -> None:
     from flows.enhance import enhance_archive
     from rasr import catalog, storage
 
+    listing = None
     try:
-        listing = None
         if not cfg.input_list:  # the flow takes this listing instead of listing INPUT again (one listing per run)
             listing = storage.join(target, "_state", f"listing-{os.getpid()}-{time.time_ns()}.parquet")
             catalog.write_items(listing, work.items)
         summary = enhance_archive(input, output, cfg, cluster, show_progress=True, listing=listing)
     except Exception as e:  # noqa: BLE001 - any failure: one line on stderr and exit 1
         fail(e)
+    finally:
+        if listing:  # whatever became of the run (the flow may fail before reading it); a store that is down keeps it
+            with contextlib.suppress(Exception):
+                storage.remove(listing)
     for err in summary["errors"][:50]:
         click.echo(f"  failed {err['uri']}: {err['error']}", err=True)
     if len(summary["errors"]) > 50:
@@ -311,11 +316,8 @@ def gc(output, input_, apply_) -> None:
         click.echo(f"  vanished {redact(uri)}")
     if len(stale.sources) > 50:
         click.echo(f"  ... and {len(stale.sources) - 50} more")
-    summary = {"vanished_inputs": len(stale.sources), "rows": len(stale.rows), "images": len(stale.outputs),
-               "temp_files": len(stale.temp_files), "applied": apply_}
-    if apply_:
-        summary.update({f"removed_{k}": v for k, v in G.collect(output, stale).items()})
-    elif stale.sources or stale.temp_files:
+    summary = G.apply_or_count(output, stale, apply_)
+    if not apply_ and (stale.sources or stale.temp_files):
         click.echo("  (nothing removed: pass --apply to remove them)")
     print_summary("gc summary", summary, list(summary))
 

@@ -37,8 +37,8 @@ def enhance_archive(input: str, output: str, config: EnhanceConfig | None = None
 
     config: what to produce and how (rasr.enhance_run.EnhanceConfig); cluster: where the actors run.
     since: only inputs modified at or after this epoch time are considered (the nightly watermark).
-    listing: a listing of `input` this run already made (catalog.write_items; the CLI's), used instead of listing
-    again and removed at the end."""
+    listing: a listing of `input` this run already made (catalog.write_items; the CLI's, which removes it), used
+    instead of listing again."""
     cfg = config or EnhanceConfig()
     flow_setup(cfg, cluster)
     log = get_run_logger()
@@ -49,11 +49,7 @@ def enhance_archive(input: str, output: str, config: EnhanceConfig | None = None
     check_inputs(cfg, input, output)
     cfg_hash = cfg.hash()
     planned_at = time.time()
-    try:
-        work = plan(cfg, input, output, since, items=catalog.read_items(listing) if listing else None)
-    finally:
-        if listing:
-            storage.remove(listing)
+    work = plan(cfg, input, output, since, items=catalog.read_items(listing) if listing else None)
     items, shards, todo = work.items, work.shards, work.todo
     log.info(f"{len(items)} inputs, {len(items) - todo} already done, {todo} to enhance in {len(shards)} shards")
     warnings = []

@@ -20,12 +20,9 @@ def collect_stale(output: str, input: str | None = None, apply: bool = False) ->
     flow_setup()
     log = get_run_logger()
     stale = gc.find_stale(output, input)
-    summary = {"output": storage.redact(output), "vanished_inputs": len(stale.sources), "rows": len(stale.rows),
-               "images": len(stale.outputs), "temp_files": len(stale.temp_files), "applied": apply}
     if stale.sources:
         log.warning(f"{len(stale.sources)} inputs enhanced earlier no longer exist (e.g. "
                     f"{storage.redact(stale.sources[0])})" + ("" if apply else ": pass apply=true to remove"))
-    if apply:
-        summary.update({f"removed_{k}": v for k, v in gc.collect(output, stale).items()})
+    summary = {"output": storage.redact(output), **gc.apply_or_count(output, stale, apply)}
     publish_summary("gc-summary", summary, title="Stale outputs")
     return summary

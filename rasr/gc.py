@@ -93,3 +93,13 @@ def collect(output: str, stale: Stale) -> dict:
     for path in stale.temp_files:
         storage.remove(path)
     return {"inputs": len(gone), "rows": len(stale.rows), "images": removed, "temp_files": len(stale.temp_files)}
+
+
+def apply_or_count(output: str, stale: Stale, apply: bool) -> dict:
+    """What `stale` holds, and with `apply` what `collect` removed: the summary of `rasr gc` and of the weekly
+    collect-stale flow."""
+    summary = {"vanished_inputs": len(stale.sources), "rows": len(stale.rows), "images": len(stale.outputs),
+               "temp_files": len(stale.temp_files), "applied": apply}
+    if apply:
+        summary.update({f"removed_{k}": v for k, v in collect(output, stale).items()})
+    return summary
