@@ -186,25 +186,28 @@ def _rss(p) -> int:
 
 # ---- main -----------------------------------------------------------------------------------------
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer points and images (same keys), < 5 minutes")
+    ap.add_argument("--smoke", action="store_true", help="the per-worker section on 8 images, no realesrgan or "
+                                                          "`rasr enhance` runs: seconds (tests/test_benches.py)")
     ap.add_argument("--keep", default=None, help="keep the data in this folder")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(os.cpu_count() or 1)
-    curve = (30, 100) if args.quick else (10, 30, 50, 100, 200)
-    n_worker, n_small, n_large = (200, 200, 500) if args.quick else (500, 500, 2000)
+    curve = (30,) if args.smoke else (30, 100) if args.quick else (10, 30, 50, 100, 200)
+    n_worker, n_small, n_large = (8, 8, 8) if args.smoke else (200, 200, 500) if args.quick else (500, 500, 2000)
     work = args.keep or tempfile.mkdtemp(prefix="rasr-bench-")
     os.makedirs(work, exist_ok=True)
     try:
-        res = run(work, curve, n_worker, n_small, n_large, quick=args.quick)
+        res = run(work, curve, n_worker, n_small, n_large, quick=args.quick or args.smoke, smoke=args.smoke)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(res))
+    return res
 
 
-def run(work: str, curve, n_worker: int, n_small: int, n_large: int, quick: bool) -> dict:
+def run(work: str, curve, n_worker: int, n_small: int, n_large: int, quick: bool, smoke: bool = False) -> dict:
     t_start = time.perf_counter()
     db = os.path.join(work, "refs.lance")
     make_gallery(db)
@@ -223,6 +226,8 @@ def run(work: str, curve, n_worker: int, n_small: int, n_large: int, quick: bool
             print(f"{ms:>12} {mode:>9} {r['ms_per_image']:>8.1f} {r['efficiency']:>10.3f}  "
                   f"{r['decode_ms']:.1f} {r['embed_ms']:.1f} {r['restore_ms']:.1f} {r['encode_ms']:.1f}")
             res[f"{'efficiency' if overlap else 'serial_efficiency'}_{ms}ms"] = round(r["efficiency"], 3)
+    if smoke:
+        return res
     n_esr = 4 if quick else 16  # ~5 s per image on 2 CPU cores
     print(f"\nrealesrgan on CPU ({n_esr} images, {torch.get_num_threads()} threads), model = time inside restore:")
     for overlap in (False, True):

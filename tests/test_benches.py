@@ -1,15 +1,17 @@
 """Benchmarks that no other test runs, in their smoke modes: a schema or API change fails here instead of
 rotting in bench/. Here: bench/encoding.py --smoke, bench/train_gpu.py --tiny, bench/pipeline_gpu.py (its
-refusal without CUDA), bench/instance_refs.py --smoke, bench/scale.py --smoke, bench/retrieval.py --smoke.
-Elsewhere: bench/color_fix.py (test_faithful), bench/colour.py (test_derivatives), bench/reproduce_osediff.py
-(test_reproduce), bench/refdsr_gpu.py (test_refdsr). Not run by any test yet (issue 25): the pipeline, both
-evaluation and the retrieval-quality benches (minutes each; the last needs Debian photo sets)."""
+refusal without CUDA), bench/instance_refs.py --smoke, bench/scale.py --smoke, bench/retrieval.py --smoke,
+bench/pipeline.py --smoke (its per-worker section). Elsewhere: bench/color_fix.py (test_faithful), bench/colour.py
+(test_derivatives), bench/reproduce_osediff.py (test_reproduce), bench/refdsr_gpu.py (test_refdsr). Not run by any
+test yet (issue 25): both evaluation benches and the retrieval-quality bench (minutes each; the last needs Debian
+photo sets)."""
 
 from __future__ import annotations
 
 import importlib.util
 import math
 import os
+import sys
 
 import pytest
 import torch
@@ -20,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def bench(name: str):
     spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(ROOT, "bench", f"{name}.py"))
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # importable by name, as a bench's own `__name__:Class` specs expect
     spec.loader.exec_module(mod)
     return mod
 
@@ -72,3 +75,12 @@ def test_retrieval_bench_smoke():
                 "ann_min_rows", "exact_fp32_qps_5k", "exact_bf16_qps_5k"):
         assert key in result, key
     assert result["ann_recall5_10k"] >= 0.95 and result["ann_cat_ok"]
+
+
+@pytest.mark.integration  # indexes the bundled gallery and runs the worker twice on 8 images (~16 s)
+def test_pipeline_bench_smoke():
+    """bench/pipeline.py --smoke: its per-worker section (the worker driven as its actor is, serial and pipelined)
+    runs and reports efficiencies that are fractions; the realesrgan and `rasr enhance` sections are not run here."""
+    result = bench("pipeline").main(["--smoke"])
+    assert result["images_per_worker"] == 8
+    assert 0 < result["serial_efficiency_30ms"] <= 1 and 0 < result["efficiency_30ms"] <= 1
