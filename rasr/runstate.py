@@ -4,8 +4,9 @@ A finishing shard writes its done-marker (`_done/shard=<id>.json`) exactly as be
 marker is written last, only when every row exists). Markers older than COMPACT_MIN_AGE_S are then rolled up, by
 whichever run finishes next, into an immutable Parquet file (`_done/rollup-<time>-<random>.parquet`, one row per
 input: shard_id, config_hash, run_id, finished_at, relpath, size, mtime, status, sha256, retry; sorted by relpath),
-and when more than MAX_ROLLUPS exist they are merged into one. So `_done/` holds the last day's markers and at most
-MAX_ROLLUPS + 1 rollups, however large the archive.
+and when more than MAX_ROLLUPS exist the smallest are merged (size-tiered, rasr/rowsets.py: a merge never rewrites
+the whole archive's state at once). So `_done/` holds the last day's markers and at most MAX_ROLLUPS + 1 rollups,
+however large the archive.
 
 Why nothing is lost, whatever crashes or runs at once:
 - a file is deleted only by the compaction that wrote a rollup holding its rows, after that rollup is complete
@@ -17,14 +18,14 @@ Why nothing is lost, whatever crashes or runs at once:
 - markers younger than a day stay loose: a run that waited on another run's shard lease checks that shard's own
   marker (`_finished_since`), which no compaction has taken yet.
 
-Readers can ask only for one config and for a set of paths (`--input-list` nights): rollups are filtered by
-pyarrow on their sorted `relpath` column, so such a night reads row groups, not every row.
+Readers can ask only for one config and for a set of paths (`--input-list` nights): rollups are sorted by
+`relpath`, and such a night reads their footers and the row groups whose path range holds one of its paths
+(ranged GETs on S3), not every row.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import os
 import secrets
@@ -32,14 +33,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 
-from rasr import catalog, storage
+from rasr import catalog, rowsets, storage
 
 ROLLUP_PREFIX = "rollup-"
 COMPACT_MIN_AGE_S = float(os.environ.get("RASR_COMPACT_MIN_AGE", 86400))  # markers younger than this stay loose
 COMPACT_MIN_MARKERS = 16   # fewer old markers than this: not worth a file
-MAX_ROLLUPS = 8            # more rollups than this: merged into one
+MAX_ROLLUPS = rowsets.MAX_FILES  # more rollups than this: the smallest merged (size-tiered)
 READ_ATTEMPTS = 5
 
 SCHEMA = pa.schema([
@@ -50,14 +51,16 @@ SCHEMA = pa.schema([
 ])
 
 
-def _files(out: str) -> tuple[list[str], list[str], object]:
-    """(marker paths, rollup paths, fs) under <out>/_done: one listing."""
+def _files(out: str) -> tuple[list[str], list[tuple[str, int]], object]:
+    """(marker paths, [(rollup path, bytes)], fs) under <out>/_done: one listing."""
     fs, base = storage.filesystem(storage.join(out, catalog.DONE_DIR))
     if not fs.exists(base):
         return [], [], fs
-    names = fs.ls(base, detail=False)
-    markers = sorted(p for p in names if p.rsplit("/", 1)[-1].startswith("shard=") and p.endswith(".json"))
-    rollups = sorted(p for p in names if p.rsplit("/", 1)[-1].startswith(ROLLUP_PREFIX) and p.endswith(".parquet"))
+    entries = fs.ls(base, detail=True)
+    name = lambda e: e["name"].rsplit("/", 1)[-1]
+    markers = sorted(e["name"] for e in entries if name(e).startswith("shard=") and name(e).endswith(".json"))
+    rollups = sorted((e["name"], int(e.get("size") or 0)) for e in entries
+                     if name(e).startswith(ROLLUP_PREFIX) and name(e).endswith(".parquet"))
     return markers, rollups, fs
 
 
@@ -70,36 +73,40 @@ def _read_all(fs, paths: list[str], remote: bool) -> dict[str, bytes]:
         return dict(zip(paths, pool.map(lambda p: open(p, "rb").read(), paths)))
 
 
-def _rollup_rows(data: bytes, config_hash: str | None, relpaths: set[str] | None) -> pa.Table:
-    """The rows of one rollup for `config_hash` and `relpaths` (None: all), read a row group at a time: memory
-    follows the rows kept, not the rollup's size."""
-    import pyarrow.compute as pc
-
-    wanted = pa.array(sorted(relpaths), pa.string()) if relpaths is not None else None
-    kept = []
-    for batch in pq.ParquetFile(io.BytesIO(data)).iter_batches(batch_size=65536):
-        mask = None
-        if config_hash is not None:
-            mask = pc.equal(batch.column("config_hash"), config_hash)
-        if wanted is not None:
-            inside = pc.is_in(batch.column("relpath"), value_set=wanted)
-            mask = inside if mask is None else pc.and_(mask, inside)
-        batch = batch if mask is None else batch.filter(mask)
-        if batch.num_rows:
-            kept.append(batch)
-    return pa.Table.from_batches(kept, schema=SCHEMA) if kept else SCHEMA.empty_table()
+def _rollup_rows(fs, rollups: list[tuple[str, int]], remote: bool, config_hash: str | None,
+                 relpaths: set[str] | None) -> pa.Table:
+    """The rows of the rollups for `config_hash` and `relpaths` (None: all); with relpaths, only the row groups
+    whose relpath range holds one are read (rasr/rowsets.py)."""
+    if relpaths is not None:
+        table = rowsets.lookup(fs, rollups, relpaths, "relpath", remote, SCHEMA)
+    else:
+        table = rowsets.read_all(fs, rollups, remote, SCHEMA)
+    if config_hash is not None and table.num_rows:
+        table = table.filter(pc.equal(table.column("config_hash"), config_hash))
+    return table
 
 
 def _markers_from_rows(table: pa.Table) -> dict[str, dict]:
+    """Markers from rollup rows; a shard in several rollups (a crash between a rollup and its removals, then a
+    later rollup of the same markers) is its newest version, each item once."""
     out: dict[str, dict] = {}
     for r in table.to_pylist():
-        m = out.setdefault(r["shard_id"], {"shard_id": r["shard_id"], "config_hash": r["config_hash"],
-                                           "run_id": r["run_id"], "finished_at": r["finished_at"], "items": []})
+        m = out.get(r["shard_id"])
+        at = str(r["finished_at"] or "")
+        if m is None or at > str(m["finished_at"] or ""):
+            m = out[r["shard_id"]] = {"shard_id": r["shard_id"], "config_hash": r["config_hash"],
+                                      "run_id": r["run_id"], "finished_at": r["finished_at"], "items": [],
+                                      "_seen": set()}
+        elif at < str(m["finished_at"] or "") or r["relpath"] in m["_seen"]:
+            continue
         it = {"relpath": r["relpath"], "size": r["size"], "mtime": r["mtime"], "status": r["status"],
               "sha256": r["sha256"]}
         if r["retry"]:
             it["retry"] = True
         m["items"].append(it)
+        m["_seen"].add(r["relpath"])
+    for m in out.values():
+        del m["_seen"]
     return out
 
 
@@ -126,9 +133,8 @@ def _read(out: str, config_hash: str | None, relpaths: set[str] | None) -> list[
         if old is None or str(m.get("finished_at") or "") >= str(old.get("finished_at") or ""):
             by_shard[m["shard_id"]] = m
 
-    for data in _read_all(fs, rollups, remote).values():
-        for m in _markers_from_rows(_rollup_rows(data, config_hash, relpaths)).values():
-            keep(m)
+    for m in _markers_from_rows(_rollup_rows(fs, rollups, remote, config_hash, relpaths)).values():
+        keep(m)
     for path, data in _read_all(fs, markers, remote).items():
         m = json.loads(data)
         m.setdefault("shard_id", _shard_of(path))
@@ -147,12 +153,11 @@ def _rows_of(marker: dict) -> list[dict]:
              "sha256": it.get("sha256"), "retry": bool(it.get("retry"))} for it in marker.get("items", [])]
 
 
-def _write_rollup(out: str, rows: list[dict]) -> str:
-    rows.sort(key=lambda r: (r["relpath"], r["shard_id"] or ""))
+def _write_rollup(out: str, rows: list[dict] | pa.Table) -> str:
+    table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=SCHEMA)
     name = f"{ROLLUP_PREFIX}{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{secrets.token_hex(4)}.parquet"
     uri = storage.join(out, catalog.DONE_DIR, name)
-    # row groups of 64k rows: readers filter a group at a time (`_rollup_rows`)
-    storage.write_parquet(uri, rows, SCHEMA, catalog.temp_dir(out), compression="zstd", row_group_size=65536)
+    rowsets.write(uri, table, "relpath", catalog.temp_dir(out))  # sorted, row groups readers can skip
     return uri
 
 
@@ -207,13 +212,11 @@ def _compact(out: str, now: float, min_age: float) -> dict:
             fs.rm(sorted(old))  # only now: their rows are in a complete rollup (on S3: 1,000 per request)
             done["markers_rolled"] = len(old)
             rollups = _files(out)[1]
-    if len(rollups) > MAX_ROLLUPS:
-        merged = []
-        for data in _read_all(fs, rollups, remote).values():
-            merged += pq.read_table(io.BytesIO(data), schema=SCHEMA).to_pylist()
-        _write_rollup(out, merged)
-        fs.rm(sorted(rollups))
-        done["rollups_merged"] = len(rollups)
+    chosen = [rollups[i] for i in rowsets.merge_choice([size for _, size in rollups], MAX_ROLLUPS)]
+    if chosen:
+        _write_rollup(out, rowsets.read_all(fs, chosen, remote, SCHEMA))
+        fs.rm(sorted(p for p, _ in chosen))
+        done["rollups_merged"] = len(chosen)
     return done
 
 
@@ -236,8 +239,8 @@ def rewrite(out: str, drop: dict[str, set[str]], run_id: str = "gc") -> int:
             removed += len(m.get("items", [])) - len(keep)
             m["items"] = keep
             storage.write_json(storage.protocol_prefix(out) + path if remote else path, m, catalog.temp_dir(out))
-        for path, data in _read_all(fs, rollups, remote).items():
-            rows = pq.read_table(io.BytesIO(data), schema=SCHEMA).to_pylist()
+        for path, size in rollups:
+            rows = rowsets.read_all(fs, [(path, size)], remote, SCHEMA).to_pylist()
             keep = [r for r in rows if r["relpath"] not in drop.get(r["shard_id"], ())]
             if len(keep) == len(rows):
                 continue
