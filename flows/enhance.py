@@ -91,7 +91,7 @@ def enhance_archive(input: str, output: str, config: EnhanceConfig | None = None
             runlog.write_run(output, {**summary, "started_at": started, "config": cfg.identity(),
                                       "shard_errors": [f["error"] for f in failures]})
             compact_state(output, run_id)
-            page = results_page(output, run_id)
+            page = results_page(output, run_id, rows)
             if page:
                 summary["report"] = storage.redact(page)
             publish_summary("enhance-summary", summary, errors=errors, title=f"Enhance run {run_id}",
@@ -123,11 +123,11 @@ def compact_state(output: str, run_id: str) -> None:
         get_run_logger().warning(f"run state not compacted: {storage.redact(f'{e.__class__.__name__}: {e}')}")
 
 
-def results_page(output: str, run_id: str) -> str | None:
-    """Write or update OUTPUT/report/ with this run's rows first; returns its index.html, or None when it
-    could not be written (a warning: the page is a view of finished work, never a reason to fail it)."""
+def results_page(output: str, run_id: str, rows: list[dict]) -> str | None:
+    """Add this run's rows to OUTPUT/report/, shown first; returns its index.html, or None when it could not be
+    written (a warning: the page is a view of finished work, never a reason to fail it)."""
     try:
-        return runreport.write_report(output, first_run=run_id)["report"]
+        return runreport.append_run(output, run_id, rows)["report"]
     except Exception as e:  # noqa: BLE001 - the page is a view of finished work, never a failure
         get_run_logger().warning(f"results page not written: {storage.redact(f'{e.__class__.__name__}: {e}')}")
         return None

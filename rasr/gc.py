@@ -15,7 +15,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from rasr import catalog, manifest, runstate, storage
+from rasr import catalog, manifest, runreport, runstate, storage
 
 TEMP_MAX_AGE_S = 3600.0
 
@@ -92,7 +92,12 @@ def collect(output: str, stale: Stale) -> dict:
         runstate.rewrite(output, dict(relpaths))
     for path in stale.temp_files:
         storage.remove(path)
-    return {"inputs": len(gone), "rows": len(stale.rows), "images": removed, "temp_files": len(stale.temp_files)}
+    page = False
+    if stale.rows and storage.exists(storage.join(output, runreport.REPORT_DIR, "index.html")):
+        runreport.write_report(output)  # 4. the results page anew (nights only append to it)
+        page = True
+    return {"inputs": len(gone), "rows": len(stale.rows), "images": removed, "temp_files": len(stale.temp_files),
+            "page_rewritten": page}
 
 
 def apply_or_count(output: str, stale: Stale, apply: bool) -> dict:

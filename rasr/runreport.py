@@ -1,12 +1,15 @@
 """The results page of an enhance output: what the runs did, to look at rather than read.
 
-`write_report(OUTPUT)` reads the manifest and the run summaries under OUTPUT (a folder or an s3://
-prefix) and writes OUTPUT/report/, a page that opens from the folder in a browser, with no server:
+`append_run(OUTPUT, run_id, rows)` (the end of every enhance run) adds one run's rows to OUTPUT/report/ (a folder
+or an s3:// prefix) reading nothing of earlier runs but the rows it supersedes; `write_report(OUTPUT)` (`rasr
+report`) writes it anew from the whole manifest. The page opens from the folder in a browser, with no server:
 
   report/index.html                 run summary, failures by reason, filters, the page's script
-  report/data/page-00000.js         50 rows each, as HTML; loaded when shown
-  report/data/keys.js               status, category, similarity, time, path of every row: what filters
+  report/data/page-00000.js         50 rows each, as HTML, each run's rows on pages of their own; loaded when
+                                    shown (the latest run first, then the earlier runs newest first)
+  report/data/keys-00000.js         status, category, similarity, time, path of 10,000 rows each: what filters
                                     and sorts need, loaded on their first use
+  report/data/state.json, rows-*.parquet   what the next run needs to add its rows (rasr/runreport_state.py)
   report/thumbs/ab/<key>.webp       per enhanced image one sprite [input | output | input crop | output crop],
                                     named by a hash of the input bytes and the config: made once, reused
   report/thumbs/ref/ab/<id>.webp    per reference photo, named by its sha256
@@ -26,7 +29,7 @@ import os
 import pathlib
 import posixpath
 import threading
-from collections import Counter
+import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
@@ -34,11 +37,13 @@ import numpy as np
 from PIL import Image, features
 
 from rasr import catalog, images, manifest, pages, runlog, storage
+from rasr import runreport_state as S
 from rasr.pages import esc
 from rasr.runreport_page import APP_JS, PAGE_CSS, TEMPLATE
 
 REPORT_DIR = "report"
 PAGE_SIZE = 50           # rows per data file, and rows shown per "show more"
+KEY_CHUNK = 10_000       # rows per key file (what filters and sorts read)
 THUMB = 240              # longest side of the input/output thumbnails, display pixels
 CROP = 160               # side of the crop, in output pixels (shown 1:1: the zoom)
 REF_THUMB = 128
@@ -139,12 +144,25 @@ def _existing(report: str) -> set[str]:
     return {p[len(root) + 1:].replace(os.sep, "/") for p in fs.find(base)}
 
 
-def make_thumbnails(out: str, rows: list[dict], workers: int = 8) -> dict:
-    """Sprites of ok rows and thumbnails of their references that report/thumbs lacks.
+def _checked(report: str, rows: list[dict], workers: int) -> set[str]:
+    """Of the thumbnails `rows` would show that others make (references, transfer previews), those that exist: a
+    check each (concurrent), not a listing of report/thumbs. Sprites are not looked for: a new row's sprite is new
+    (named by its input's bytes and config), at worst made again."""
+    wanted = {ref_path(rid) for r in rows if r["status"] == "ok" for rid in r["ref_ids"] or []}
+    wanted |= {transfer_path(r) for r in rows if r.get("ref_match") == "same_scene" and r["ref_used"]}
+    fs, base = storage.filesystem(report)
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        found = pool.map(lambda p: fs.exists(f"{base.rstrip('/')}/{p}"), sorted(wanted))
+        return {p for p, ok in zip(sorted(wanted), found) if ok}
+
+
+def make_thumbnails(out: str, rows: list[dict], workers: int = 8, listing: bool = True) -> dict:
+    """Sprites of ok rows and thumbnails of their references that report/thumbs lacks (one listing of it, or with
+    listing=False a check per thumbnail: a night's few rows in an archive's many).
 
     Returns {"made", "reused", "failed": {relpath: reason}, "have": set of existing paths}."""
     report = storage.join(out, REPORT_DIR)
-    have = _existing(report)
+    have = _existing(report) if listing else _checked(report, rows, workers)
     tmp = catalog.temp_dir(out)
     todo, refs, failed = {}, {}, {}
     for r in rows:
@@ -217,8 +235,9 @@ def _ms(v) -> str:
     return "-" if v is None else f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
 
 
-def row_html(r: dict, i: int, thumbs: dict, out: str, new: bool) -> str:
-    """One row of the page: viewers, references, facts."""
+def row_html(r: dict, i: int, thumbs: dict, out: str) -> str:
+    """One row of the page: viewers, references, facts (the page's script marks the rows of the run shown first
+    as new: a page written once stays right)."""
     sim, status = _sim(r), r["status"]
     prev = ""
     path = sprite_path(r) if status == "ok" else None
@@ -236,7 +255,7 @@ def row_html(r: dict, i: int, thumbs: dict, out: str, new: bool) -> str:
         prev = f'<div class="nopv">{esc(status)}: nothing to show</div>'
     link = _link(out, r["output_uri"] if status == "ok" else r["source_uri"])
     name = f'<a href="{esc(link)}">{esc(r["relpath"])}</a>' if link else esc(r["relpath"])
-    badges = f'<span class="badge {esc(status)}">{esc(status)}</span>' + ('<span class="badge new">new</span>' if new else "")
+    badges = f'<span class="badge {esc(status)}">{esc(status)}</span><span class="badge new">new</span>'
     parts = [f'<div class="p">{name}{badges}</div>']
     if r["error"]:
         parts.append(f'<div class="err">{esc(r["error"])}</div>')
@@ -287,26 +306,30 @@ def _fmt(v) -> str:
     return "-" if v is None else str(v)
 
 
-def summary_html(rows: list[dict], runs: list[dict], first_run: str | None, n_runs: int = 0) -> str:
-    status = Counter(r["status"] for r in rows)
-    ok = [r for r in rows if r["status"] == "ok"]
-    totals = [r["timings_ms"]["total"] for r in ok if r["timings_ms"] and r["timings_ms"].get("total")]
-    restores = [r["timings_ms"]["restore"] for r in ok if r["timings_ms"] and r["timings_ms"].get("restore")]
-    sims = [s for r in ok if (s := _sim(r)) is not None]
-    counted = lambda key: ", ".join(f"{k} ({n})" for k, n in Counter(r[key] for r in ok if r[key]).most_common())
-    when = [r["processed_at"] for r in rows if r["processed_at"] is not None]
-    facts = {"images": f"{len(rows)}: {status['ok']} ok, {status['error']} failed, {status['skipped']} skipped",
-             "new in the latest run": sum(r["run_id"] == first_run for r in rows) if first_run else "-",
+def summary_html(state: dict, runs: list[dict], first_run: str | None, n_runs: int = 0) -> str:
+    """The summary cards: all images (the state's tallies: each input counted once, in its newest row), the latest
+    run, the runs."""
+    t = state["tally"]
+    status = t["status"]
+    ok = status.get("ok", 0)
+    counted = lambda key: ", ".join(f"{k} ({n})" for k, n in sorted(t[key].items(), key=lambda kv: (-kv[1], kv[0])))
+    sims = S.hist_stats(t["sim"], S.decode_sim)
+    totals, restores = S.hist_stats(t["ms"], S.decode_ms), S.hist_stats(t["restore"], S.decode_ms)
+    new = next((r[1] for r in state["runs"] if r[3] == first_run), 0) if first_run else None
+    when = [dt.datetime.fromtimestamp(t[k], dt.timezone.utc) for k in ("first_at", "last_at") if t[k] is not None]
+    facts = {"images": f"{sum(status.values())}: {ok} ok, {status.get('error', 0)} failed, "
+                       f"{status.get('skipped', 0)} skipped",
+             "new in the latest run": "-" if new is None else new,
              "generator": counted("generator") or "-", "weights": counted("weights_id") or "-",
              "encoder": counted("encoder") or "-", "configs": counted("config_hash") or "-",
-             "gallery": ", ".join(f"{t} v{v} ({n})" for (t, v), n in Counter(
-                 (r.get("gallery_table"), r.get("gallery_version")) for r in ok if r.get("gallery_table")).most_common())
-             or "-",
-             "references used": f"{sum(bool(r['ref_used']) for r in ok)} of {len(ok)}",
-             "similarity": (f"median {np.median(sims):.3f}, min {min(sims):.3f}, max {max(sims):.3f}" if sims else "-"),
-             "time per image": (f"median {_ms(np.median(totals))} ms (restore {_ms(np.median(restores or [0]))} ms)"
+             "gallery": counted("gallery") or "-",
+             "references used": f"{t['ref_used']} of {ok}",
+             "similarity": (f"median {sims[0]:.3f}, min {sims[1]:.3f}, max {sims[2]:.3f}" if sims else "-"),
+             "time per image": (f"median {_ms(totals[0])} ms (restore {_ms(restores[0] if restores else 0)} ms)"
                                 if totals else "-"),
-             "processed": f"{_fmt(min(when))} to {_fmt(max(when))}" if when else "-"}
+             "processed": f"{_fmt(when[0])} to {_fmt(when[1])}" if when else "-"}
+    if state["superseded"]:
+        facts["images"] += f" ({state['superseded']} earlier rows of inputs enhanced again are hidden)"
     cards = [f"<div><h3>All images</h3>{pages.key_values(facts)}</div>"]
     if runs:
         last = runs[0]
@@ -331,80 +354,197 @@ def summary_html(rows: list[dict], runs: list[dict], first_run: str | None, n_ru
     return f'<h2>Summary</h2><div class="cards">{"".join(cards)}</div>'
 
 
-def failures_html(rows: list[dict], limit: int = 30) -> str:
+def failures_html(state: dict, limit: int = 30) -> str:
     """Failed and skipped inputs grouped by reason, most frequent first, with a few examples each."""
     parts = []
     for status, title in (("error", "Failures"), ("skipped", "Skipped")):
-        groups: dict[str, list[str]] = {}
-        for r in rows:
-            if r["status"] == status:
-                groups.setdefault(r["error"] or "(no reason recorded)", []).append(r["relpath"])
+        groups = state["tally"]["fail"][status]
         if not groups:
             continue
-        ranked = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
-        body = [[esc(reason), str(len(paths)), esc(", ".join(paths[:3]) + (" ..." if len(paths) > 3 else ""))]
-                for reason, paths in ranked[:limit]]
+        ranked = sorted(groups.items(), key=lambda kv: (-kv[1][0], kv[0]))
+        body = [[esc(reason), str(n), esc(", ".join(ex) + (" ..." if n > len(ex) else ""))]
+                for reason, (n, ex) in ranked[:limit]]
         more = (f'<p class="mut">{len(ranked) - limit} more reasons: filter the images by status.</p>'
                 if len(ranked) > limit else "")
-        n = sum(len(p) for p in groups.values())
-        parts.append(f"<h2>{title} ({n})</h2>{pages.table(['reason', 'images', 'examples'], body, numeric={1})}{more}")
+        total = sum(n for n, _ in groups.values())
+        parts.append(f"<h2>{title} ({total})</h2>{pages.table(['reason', 'images', 'examples'], body, numeric={1})}{more}")
     return "".join(parts)
 
 
 # ---- writing --------------------------------------------------------------------------------------
-
-def _order(rows: list[dict], first_run: str | None) -> list[dict]:
-    """The latest run's rows first (the new photos of a nightly run), then by path."""
-    return sorted(rows, key=lambda r: (r["run_id"] != first_run, r["relpath"]))
-
+#
+# report/data/page-NNNNN.js   rows as HTML, PAGE_SIZE per file; each run's rows start a new page, so a run appends
+#                             pages and never rewrites an earlier one (shown: that run first, then newest first)
+# report/data/keys-NNNNN.js   status, category, similarity, time, processed time and path of KEY_CHUNK rows
+#                             (global row numbers); a run rewrites only the last, partial chunk
+# report/data/state.json, rows-*.parquet: rasr/runreport_state.py
 
 def write_report(out: str, first_run: str | None = None, page_size: int = PAGE_SIZE, workers: int = 8) -> dict:
-    """Write (or update) OUTPUT/report/ from the manifest under `out`; returns what was done.
+    """Write OUTPUT/report/ anew from the whole manifest (`rasr report`; after gc); returns what was done.
 
-    first_run: the run whose rows come first and are marked new (default: the newest run summary)."""
+    first_run: the run whose rows come first and are marked new (default: the latest run)."""
     if not storage.exists(storage.join(out, catalog.MANIFEST_DIR)):
         raise FileNotFoundError(f"no manifest under {storage.redact(out)}: give the OUTPUT of `rasr enhance`")
-    table = manifest.read_manifest(out)
-    runs, n_runs = runlog.latest_runs(out)
-    first_run = first_run or (runs[0].get("run_id") if runs else None)
-    rows = _order(table.to_pylist(), first_run)
+    rows = manifest.read_manifest(out).to_pylist()
+    by_run: dict[str | None, list[dict]] = {}
+    for r in sorted(rows, key=lambda r: (r["processed_at"] is None, r["processed_at"] or 0)):
+        by_run.setdefault(r["run_id"], []).append(r)  # runs in the order they first processed something ...
+    by_run = {run: sorted(group, key=lambda r: r["relpath"]) for run, group in by_run.items()}  # ... paths in each
+    report = storage.join(out, REPORT_DIR)
     thumbs = make_thumbnails(out, rows, workers)
+    with _report_lease(out):
+        state = S.empty(page_size)
+        records = []
+        for run_id, group in by_run.items():
+            records += _append(out, state, run_id, group, thumbs)
+        S.write_index(report, state, records, catalog.temp_dir(out))
+        res = _finish(out, state, first_run or (state["runs"][-1][3] if state["runs"] else None))
+        _remove_stale(report, state)
+    return {**res, "thumbs_made": thumbs["made"], "thumbs_reused": thumbs["reused"], "refs_made": thumbs["refs_made"],
+            "thumbs_failed": len(thumbs["failed"])}
+
+
+def append_run(out: str, run_id: str, rows: list[dict], page_size: int = PAGE_SIZE, workers: int = 8) -> dict:
+    """Add one run's rows to OUTPUT/report/ (the end of every enhance run): its pages, the last key chunk, the state
+    and index.html are written; nothing of earlier runs is read but the rows this run supersedes (found in the row
+    index by path). Without a page of this layout yet, the page is written whole (`write_report`)."""
+    report = storage.join(out, REPORT_DIR)
+    with _report_lease(out):
+        state = S.read(report, page_size)
+        if state is not None:
+            rows = sorted(rows, key=lambda r: r["relpath"])
+            for rec in S.superseded(report, state, {r["relpath"] for r in rows}):
+                S.tally(state, rec, -1)
+                state["superseded"] += 1
+            thumbs = make_thumbnails(out, rows, workers, listing=False)
+            S.write_index(report, state, _append(out, state, run_id, rows, thumbs), catalog.temp_dir(out))
+            replaced = S.merge_index(report, state, catalog.temp_dir(out))
+            res = _finish(out, state, run_id)
+            fs, base = storage.filesystem(storage.join(report, "data"))
+            for name in replaced:  # the state naming the merged file is written: the parts can go
+                fs.rm(f"{base.rstrip('/')}/{name}")
+            return {**res, "thumbs_made": thumbs["made"], "thumbs_reused": thumbs["reused"],
+                    "refs_made": thumbs["refs_made"], "thumbs_failed": len(thumbs["failed"])}
+    return write_report(out, first_run=run_id, page_size=page_size, workers=workers)
+
+
+@contextlib.contextmanager
+def _report_lease(out: str, wait: float = 120.0):
+    """One writer of report/ at a time (two runs finishing together, or `rasr report` during a run)."""
+    from rasr.locks import Lease
+
+    if storage.is_remote(out) and not out.startswith("s3://"):
+        yield
+        return
+    lease = Lease(storage.join(out, catalog.LEASE_DIR, "report.json"), ttl=catalog.LEASE_TTL)
+    deadline = time.monotonic() + wait
+    while not lease.acquire():
+        if time.monotonic() > deadline:
+            raise TimeoutError("another run is writing the results page: run `rasr report OUTPUT` when it is done")
+        time.sleep(0.5)
+    try:
+        yield
+    finally:
+        lease.release()
+
+
+def _keys_uri(report: str, chunk: int) -> str:
+    return storage.join(report, "data", f"keys-{chunk:05d}.js")
+
+
+def _read_keys(report: str, chunk: int, upto: int) -> dict:
+    """The first `upto` entries of a key chunk already written (a crash may have left more)."""
+    text = storage.read_bytes(_keys_uri(report, chunk)).decode()
+    keys = json.loads(text[text.index(",") + 1:text.rindex(")")])
+    return {k: v[:upto] for k, v in keys.items()}
+
+
+def _append(out: str, state: dict, run_id: str | None, rows: list[dict], thumbs: dict) -> list[dict]:
+    """Write the pages and key chunks of `rows` (one run's, in the order shown) after the state's rows; update the
+    state (not written here); returns the rows' index records."""
+    if not rows:
+        return []
     report, tmp = storage.join(out, REPORT_DIR), catalog.temp_dir(out)
-    cats = sorted({c for r in rows if (c := _category(r))})
-    n_pages = max(1, -(-len(rows) // page_size))
+    size, start, first_page = state["page_size"], state["rows"], state["pages"]
+    n_pages = -(-len(rows) // size)
     for p in range(n_pages):
-        chunk = rows[p * page_size:(p + 1) * page_size]
-        html_rows = [row_html(r, p * page_size + k, thumbs, out, r["run_id"] == first_run) for k, r in enumerate(chunk)]
-        storage.write_bytes(storage.join(report, "data", f"page-{p:05d}.js"),
-                            f"RASR.page({p},[{','.join(map(pages.js_string, html_rows))}]);\n".encode(), tmp)
-    cat_index = {c: i for i, c in enumerate(cats)}
-    keys = {"st": [r["status"] for r in rows], "cat": [cat_index.get(_category(r), -1) for r in rows],
-            "sim": [_sim(r) for r in rows], "path": [r["relpath"] for r in rows],
-            "ms": [round(r["timings_ms"]["total"]) if r["timings_ms"] and r["timings_ms"].get("total") else None
-                   for r in rows],
-            "at": [round(r["processed_at"].timestamp()) if r["processed_at"] is not None else None for r in rows],
-            "nw": [int(r["run_id"] == first_run) for r in rows]}
-    storage.write_bytes(storage.join(report, "data", "keys.js"), f"RASR.keys({pages.script_json(keys)});\n".encode(), tmp)
+        chunk = rows[p * size:(p + 1) * size]
+        html_rows = [row_html(r, start + p * size + k, thumbs, out) for k, r in enumerate(chunk)]
+        storage.write_bytes(storage.join(report, "data", f"page-{first_page + p:05d}.js"),
+                            f"RASR.page({first_page + p},[{','.join(map(pages.js_string, html_rows))}]);\n".encode(),
+                            tmp)
+    cats = state["cats"]
+    for r in rows:
+        if (c := _category(r)) and c not in cats:
+            cats.append(c)
+    entries = {"st": [r["status"] for r in rows], "cat": [cats.index(c) if (c := _category(r)) else -1 for r in rows],
+               "sim": [_sim(r) for r in rows], "path": [r["relpath"] for r in rows],
+               "ms": [round(r["timings_ms"]["total"]) if r["timings_ms"] and r["timings_ms"].get("total") else None
+                      for r in rows],
+               "at": [round(r["processed_at"].timestamp()) if r["processed_at"] is not None else None for r in rows]}
+    tail = state.pop("_keys_tail", None)  # the partial chunk, when this process wrote it (a rebuild's runs)
+    at = start
+    while at < start + len(rows):
+        chunk, offset = divmod(at, KEY_CHUNK)
+        if offset:
+            keys = tail if tail is not None else _read_keys(report, chunk, offset)
+        else:
+            keys = {k: [] for k in entries}
+        take = min(KEY_CHUNK - offset, start + len(rows) - at)
+        for k, v in entries.items():
+            keys[k] = keys[k] + v[at - start:at - start + take]
+        storage.write_bytes(_keys_uri(report, chunk), f"RASR.keys({chunk},{pages.script_json(keys)});\n".encode(), tmp)
+        at += take
+        tail = keys if at % KEY_CHUNK else None
+    if tail is not None:
+        state["_keys_tail"] = tail
+    records = [S.record(r, start + k) for k, r in enumerate(rows)]
+    for rec in records:
+        S.tally(state, rec, 1)
+    state["runs"].append([start, len(rows), first_page, run_id])
+    state["rows"] += len(rows)
+    state["pages"] += n_pages
+    return records
+
+
+def _finish(out: str, state: dict, first_run: str | None) -> dict:
+    """Commit: state.json, then index.html (it never names a page not yet written)."""
+    report, tmp = storage.join(out, REPORT_DIR), catalog.temp_dir(out)
+    state.pop("_keys_tail", None)
+    storage.write_bytes(storage.join(report, "data", S.STATE), json.dumps(state).encode(), tmp)
+    runs, n_runs = runlog.latest_runs(out)
+    first = next((i for i, r in enumerate(state["runs"]) if r[3] == first_run), len(state["runs"]) - 1)
     name = storage.redact(out)
+    cats = state["cats"]
     page = pages.fill(
         TEMPLATE, title=esc(f"Results: {name.rstrip('/').rsplit('/', 1)[-1]}"),
         subtitle=esc(f"{name} - written {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"),
-        css=pages.CSS, page_css=PAGE_CSS, summary=summary_html(rows, runs, first_run, n_runs), failures=failures_html(rows),
-        category_options="".join(f'<option value="{i}">{esc(c)}</option>' for i, c in enumerate(cats)),
+        css=pages.CSS, page_css=PAGE_CSS, summary=summary_html(state, runs, first_run, n_runs),
+        failures=failures_html(state),
+        category_options="".join(f'<option value="{i}">{esc(c)}</option>'
+                                 for c, i in sorted((c, i) for i, c in enumerate(cats))),
         viewer_js=pages.VIEWER_JS, app_js=APP_JS,
-        meta=pages.script_json({"total": len(rows), "pages": n_pages, "pageSize": page_size}))
+        meta=pages.script_json({"total": state["rows"] - state["superseded"], "rows": state["rows"],
+                                "pageSize": state["page_size"], "keyChunk": KEY_CHUNK,
+                                "keyChunks": -(-state["rows"] // KEY_CHUNK),
+                                "runs": [r[:3] for r in state["runs"]], "first": first}),
+        first_page=f"data/page-{state['runs'][first][2]:05d}.js" if state["runs"] else "data/page-00000.js")
     index = storage.join(report, "index.html")
-    storage.write_bytes(index, page.encode(), tmp)  # last: it never names a page not yet written
-    _remove_stale_pages(report, n_pages)
-    return {"report": index, "rows": len(rows), "pages": n_pages, "thumbs_made": thumbs["made"],
-            "thumbs_reused": thumbs["reused"], "refs_made": thumbs["refs_made"], "thumbs_failed": len(thumbs["failed"]),
+    storage.write_bytes(index, page.encode(), tmp)
+    return {"report": index, "rows": state["rows"] - state["superseded"], "pages": state["pages"],
             "first_run": first_run}
 
 
-def _remove_stale_pages(report: str, n_pages: int) -> None:
-    """Data pages of an earlier, longer report (e.g. before `rasr gc`): never linked, removed anyway."""
+def _remove_stale(report: str, state: dict) -> None:
+    """Data files of an earlier, longer page (e.g. before `rasr gc`) or of an earlier layout: never linked,
+    removed anyway."""
     fs, base = storage.filesystem(storage.join(report, "data"))
+    index = {name for name, _ in state["index"]}
+    chunks = -(-state["rows"] // KEY_CHUNK)
     for p in fs.ls(base, detail=False) if fs.exists(base) else []:
         name = posixpath.basename(p)
-        if name.startswith("page-") and name.endswith(".js") and int(name[5:10]) >= n_pages:
+        stale = ((name.startswith("page-") and name.endswith(".js") and int(name[5:10]) >= state["pages"])
+                 or (name.startswith("keys-") and name.endswith(".js") and int(name[5:10]) >= chunks)
+                 or name == "keys.js" or (name.startswith(S.INDEX_PREFIX) and name not in index))
+        if stale:
             fs.rm(p)

@@ -2,8 +2,11 @@
 
 The page shows the summary at once and the rows 50 at a time: data/page-NNNNN.js files call
 RASR.page(n, [row HTML, ...]) and are loaded as <script> elements (a page opened from a folder may load
-scripts, not fetch files). Filters and sorts read data/keys.js (status, category, similarity, time and
-path of every row), loaded on their first use, then load only the pages of the rows they show.
+scripts, not fetch files). Pages hold one run's rows each, in the order the runs were added (RASR_META.runs:
+first row, rows, first page); the page shows the run RASR_META.first (the latest) first and marks its rows new,
+then the other runs newest first, and an input enhanced again only in its newest row. Filters and sorts read
+data/keys-NNNNN.js (status, category, similarity, time and path of 10,000 rows each), loaded on their first
+use, then load only the pages of the rows they show.
 
 Test hook: index.html#selftest moves the first slider, applies filters and writes what it saw into
 <pre id="selftest"> (read by a headless browser's DOM dump); `#selftest&sim=0.5` also checks the
@@ -25,6 +28,7 @@ details summary{cursor:pointer;color:var(--acc);font-size:13px}
  vertical-align:1px}
 .badge.ok{background:#e6f4ea;color:var(--good)}.badge.error{background:#fdecea;color:var(--bad)}
 .badge.skipped{background:#eceff3;color:var(--mut)}.badge.new{background:#e8f0fe;color:var(--acc)}
+.row:not(.isnew) .badge.new{display:none}
 .err{color:var(--bad);font-weight:600;margin:4px 0}
 .refs{display:flex;gap:8px;flex-wrap:wrap;margin:4px 0}.refs figure{width:84px;font-size:11px}
 .refs img{width:84px;height:64px;object-fit:cover;background:#e9ecf1;display:block}
@@ -65,7 +69,7 @@ TEMPLATE = """<!doctype html>
 <script>{{viewer_js}}</script>
 <script>var RASR_META={{meta}};</script>
 <script>{{app_js}}</script>
-<script src="data/page-00000.js"></script>
+<script src="{{first_page}}"></script>
 </body></html>
 """
 
@@ -73,9 +77,21 @@ APP_JS = r"""
 (function(){
   var M=RASR_META, rowsEl=document.getElementById('rows'), moreEl=document.getElementById('more');
   var countEl=document.getElementById('count'), form=document.getElementById('filters');
-  var pages={}, waiting={}, keys=null, keyWaiting=[], order=null, shown=0, gen=0, busy=false, ready=[];
+  var pages={}, waiting={}, keys=null, chunks={}, keyWaiting=[], order=null, shown=0, gen=0, busy=false, ready=[];
+  var seen={}, rendered=0;
+  // runs: [first row, rows, first page] in the order they were added; shown: M.first, then the others newest first
+  var seq=[M.first];
+  for(var r=M.runs.length-1;r>=0;r--){if(r!==M.first){seq.push(r);}}
   function pad(n){var s=String(n);while(s.length<5){s='0'+s;}return s;}
   function load(src){var s=document.createElement('script');s.src=src;document.head.appendChild(s);}
+  function runOf(i){var lo=0,hi=M.runs.length-1;while(lo<hi){var m=(lo+hi+1)>>1;if(M.runs[m][0]<=i){lo=m;}else{hi=m-1;}}
+    return lo;}
+  function where(i){var r=M.runs[runOf(i)], off=i-r[0];return [r[2]+Math.floor(off/M.pageSize),off%M.pageSize];}
+  function isNew(i){var r=M.runs[M.first];return !!r&&i>=r[0]&&i<r[0]+r[1];}
+  function defaultAt(k){
+    for(var s=0;s<seq.length;s++){var r=M.runs[seq[s]];if(k<r[1]){return r[0]+k;}k-=r[1];}
+    return -1;
+  }
   function needPages(list,done){
     var left=list.filter(function(n){return !pages[n];}).length;
     if(!left){done();return;}
@@ -88,31 +104,45 @@ APP_JS = r"""
   function needKeys(done){
     if(keys){done();return;}
     keyWaiting.push(done);
-    if(keyWaiting.length===1){load('data/keys.js');}
+    if(keyWaiting.length===1){for(var c=0;c<M.keyChunks;c++){load('data/keys-'+pad(c)+'.js');}}
   }
   window.RASR={
     page:function(n,rows){
       pages[n]=rows;var w=waiting[n]||[];delete waiting[n];w.forEach(function(f){f();});
-      if(n===0&&shown===0&&order===null&&!busy){showMore();}
+      if(shown===0&&order===null&&!busy&&M.runs.length&&n===M.runs[M.first][2]){showMore();}
     },
-    keys:function(k){keys=k;var w=keyWaiting;keyWaiting=[];w.forEach(function(f){f();});},
+    keys:function(c,k){
+      chunks[c]=k;
+      for(var i=0;i<M.keyChunks;i++){if(!chunks[i]){return;}}
+      var all={};
+      Object.keys(k).forEach(function(name){all[name]=[];
+        for(var i=0;i<M.keyChunks;i++){all[name]=all[name].concat(chunks[i][name]);}});
+      keys=all;var w=keyWaiting;keyWaiting=[];w.forEach(function(f){f();});
+    },
     onReady:function(f){ready.push(f);}
   };
-  function total(){return order?order.length:M.total;}
+  function total(){return order?order.length:M.rows;}
+  function pathOf(html){var m=/ data-p="([^"]*)"/.exec(html);return m?m[1]:'';}
   function showMore(){
     if(busy){return;}
     var g=gen, idx=[], to=Math.min(total(),shown+M.pageSize);
-    for(var k=shown;k<to;k++){idx.push(order?order[k]:k);}
+    for(var k=shown;k<to;k++){idx.push(order?order[k]:defaultAt(k));}
     var need=[];
-    idx.forEach(function(i){var p=Math.floor(i/M.pageSize);if(need.indexOf(p)<0){need.push(p);}});
+    idx.forEach(function(i){var p=where(i)[0];if(need.indexOf(p)<0){need.push(p);}});
     busy=true;
     needPages(need,function(){
       if(g!==gen){return;}
       busy=false;
-      rowsEl.insertAdjacentHTML('beforeend',idx.map(function(i){
-        return pages[Math.floor(i/M.pageSize)][i%M.pageSize];}).join(''));
-      shown=to;
-      countEl.textContent=(order?order.length+' of ':'')+M.total+' images, '+shown+' shown';
+      var html=[];
+      idx.forEach(function(i){
+        var w=where(i), h=pages[w[0]][w[1]];
+        if(!order){var p=pathOf(h);if(seen[p]){return;}seen[p]=1;}  // an input enhanced again: its newest row only
+        if(isNew(i)){h=h.replace('<div class="row"','<div class="row isnew"');}
+        html.push(h);
+      });
+      rowsEl.insertAdjacentHTML('beforeend',html.join(''));
+      rendered+=html.length;shown=to;
+      countEl.textContent=(order?order.length+' of ':'')+M.total+' images, '+rendered+' shown';
       moreEl.hidden=shown>=total();
       var r=ready;ready=[];r.forEach(function(f){f();});
     });
@@ -123,30 +153,36 @@ APP_JS = r"""
   }
   function compute(){
     var f=form.elements, st=f.st.value, cat=f.cat.value, lo=parseFloat(f.lo.value), hi=parseFloat(f.hi.value);
-    var q=f.q.value.trim().toLowerCase(), out=[];
-    for(var i=0;i<M.total;i++){
-      var s=keys.sim[i];
-      if(st&&keys.st[i]!==st){continue;}
-      if(cat!==''&&keys.cat[i]!==+cat){continue;}
-      if(!isNaN(lo)&&!(s!==null&&s>=lo)){continue;}
-      if(!isNaN(hi)&&!(s!==null&&s<=hi)){continue;}
-      if(q&&keys.path[i].toLowerCase().indexOf(q)<0){continue;}
-      if(f.nw.checked&&!keys.nw[i]){continue;}
-      out.push(i);
+    var q=f.q.value.trim().toLowerCase(), out=[], rank={}, dup={}, pos=0;
+    for(var s=0;s<seq.length;s++){
+      var run=M.runs[seq[s]];
+      for(var i=run[0];i<run[0]+run[1];i++){
+        var path=keys.path[i];
+        if(dup[path]){continue;}  // shown order is newest first: a later row of the same input came before
+        dup[path]=1;rank[i]=pos++;
+        var v=keys.sim[i];
+        if(st&&keys.st[i]!==st){continue;}
+        if(cat!==''&&keys.cat[i]!==+cat){continue;}
+        if(!isNaN(lo)&&!(v!==null&&v>=lo)){continue;}
+        if(!isNaN(hi)&&!(v!==null&&v<=hi)){continue;}
+        if(q&&path.toLowerCase().indexOf(q)<0){continue;}
+        if(f.nw.checked&&!isNew(i)){continue;}
+        out.push(i);
+      }
     }
     if(f.sort.value){
       var p=f.sort.value.split(':'), col=keys[p[0]], dir=p[1]==='desc'?-1:1;
       out.sort(function(a,b){
         var x=col[a],y=col[b];
-        if(x===null||y===null){return x===y?a-b:(x===null?1:-1);}
-        return (x-y)*dir||a-b;
+        if(x===null||y===null){return x===y?rank[a]-rank[b]:(x===null?1:-1);}
+        return (x-y)*dir||rank[a]-rank[b];
       });
     }
     return out;
   }
   function apply(){
     var g=++gen;
-    function render(){if(g!==gen){return;}rowsEl.innerHTML='';shown=0;busy=false;showMore();}
+    function render(){if(g!==gen){return;}rowsEl.innerHTML='';shown=0;rendered=0;seen={};busy=false;showMore();}
     if(!filtering()){order=null;render();return;}
     needKeys(function(){if(g===gen){order=compute();render();}});
   }
@@ -164,7 +200,7 @@ APP_JS = r"""
     var sim=/[&;]sim=([0-9.+-]+)/.exec(location.hash);
     function rows(){return Array.prototype.map.call(rowsEl.querySelectorAll('.row'),function(r){
       return {path:r.getAttribute('data-p'),st:r.getAttribute('data-st'),sim:r.getAttribute('data-sim'),
-              visible:r.offsetParent!==null};});}
+              visible:r.offsetParent!==null,new:r.classList.contains('isnew')};});}
     function set(name,value,then){f[name].value=value;RASR.onReady(then);
       f[name].dispatchEvent(new Event('change',{bubbles:true}));}
     function finish(){

@@ -198,6 +198,9 @@ def test_gc_lists_then_removes_what_vanished_inputs_left(small_run):
     rows = read_manifest(str(out), latest=False).to_pylist()
     assert len(rows) == 2 and gone["relpath"] not in {x["relpath"] for x in rows}
     assert not os.path.exists(gone["output_uri"])
+    assert summary_of(r.stdout)["removed_page_rewritten"] == "True"  # nights only append: gc writes it anew
+    pages = "".join(p.read_text() for p in (out / "report" / "data").glob("page-*.js"))
+    assert gone["relpath"] not in pages and all(x["relpath"] in pages for x in rows)
     markers = json.dumps([json.load(open(out / "_done" / f)) for f in os.listdir(out / "_done")])
     assert gone["relpath"] not in markers  # re-created, the input would be enhanced again
     again = subprocess.run([*RASR, "gc", str(out)], capture_output=True, text=True, timeout=120,

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+from collections import Counter
 from urllib.parse import quote
 
 import numpy as np
@@ -19,7 +20,7 @@ from PIL import Image
 
 from flows.enhance import enhance_archive
 from flows.nightly import nightly_enhance
-from rasr import manifest, runreport
+from rasr import manifest, runreport, runreport_state
 from rasr.manifest import read_manifest
 from rasr.samples import as_rgb, load_photo
 from tests.browser import browse
@@ -166,7 +167,7 @@ def test_a_report_failure_does_not_fail_the_run(db, tmp_path, monkeypatch, caplo
     def broken(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(runreport, "write_report", broken)
+    monkeypatch.setattr(runreport, "append_run", broken)
     save_photo(str(tmp_path / "in" / "a" / "rocket.png"), "rocket", (20, 24))
     s = enhance_archive(str(tmp_path / "in"), str(tmp_path / "out"), EnhanceConfig(generator="bicubic"))
     assert s["ok"] == 1 and "report" not in s
@@ -229,16 +230,43 @@ def test_page_in_headless_chromium(run, tmp_path):
     assert blank > 3 * np.abs(seen - expected)[keep].mean()
 
 
-def test_nightly_run_lists_that_nights_photos_first(run, db):
+def page_meta(out) -> dict:
+    text = (out / "report" / "index.html").read_text()
+    return json.loads(re.search(r"var RASR_META=(\{.*?\});</script>", text).group(1))
+
+
+def test_nightly_run_appends_that_nights_photos_and_shows_them_first(run, db, tmp_path):
+    """A night adds a photo and changes one: it appends a page of its two rows and rewrites no earlier page; the
+    browser shows them first, marked new, the changed photo's earlier row nowhere; the summary counts each input
+    once, as a summary computed from the manifest does."""
     src, out, _ = run
+    data = out / "report" / "data"
+    before = {f: (data / f).read_bytes() for f in os.listdir(data) if f.startswith("page-")}
     save_photo(str(src / "places" / "china.png"), "china", (44, 30))
+    save_photo(str(src / "machines" / "rocket.png"), "rocket", (32, 40))  # changed: enhanced again
     s = nightly_enhance(str(src), str(out), EnhanceConfig(db=db, generator="bicubic", top_k=2, shard_size=4))
-    assert s["processed"] == 1 and s["report"] == str(out / "report" / "index.html")
-    data = page_rows(out)
-    assert len(data) == 8
-    assert 'data-p="places/china.png"' in data[0] and '<span class="badge new">new</span>' in data[0]
-    assert not any('class="badge new"' in d for d in data[1:])  # the earlier run's rows: not new
-    assert f"{s['run_id']}" in (out / "report" / "index.html").read_text()
+    assert s["processed"] == 2 and s["report"] == str(out / "report" / "index.html")
+    assert {f: (data / f).read_bytes() for f in before} == before  # earlier pages untouched
+    added = sorted(set(os.listdir(data)) - set(before))
+    assert [f for f in added if f.startswith("page-")] == [f"page-{len(before):05d}.js"]
+    night = [re.search(r'data-p="([^"]*)"', r).group(1) for r in page_rows(out)[-2:]]
+    assert night == ["machines/rocket.png", "places/china.png"]
+    meta = page_meta(out)
+    assert meta["runs"][meta["first"]] == [7, 2, len(before)] and meta["total"] == 8 and meta["rows"] == 9
+
+    latest = read_manifest(str(out)).to_pylist()  # the newest row per input, independently of the page
+    status = Counter(r["status"] for r in latest)
+    page = (out / "report" / "index.html").read_text()
+    assert f"{len(latest)}: {status['ok']} ok, {status['error']} failed, {status['skipped']} skipped" in page
+    assert f"{sum(r['ref_used'] for r in latest if r['status'] == 'ok')} of {status['ok']}" in page
+    assert s["run_id"] in page
+
+    res = selftest(out / "report" / "index.html", tmp_path)
+    shown = [(x["path"], x["new"]) for x in res["initial"]]
+    assert shown[:2] == [("machines/rocket.png", True), ("places/china.png", True)]
+    assert [p for p, _ in shown] == ["machines/rocket.png", "places/china.png", *sorted(
+        r["relpath"] for r in latest if r["run_id"] != s["run_id"])]  # the earlier run's rows, rocket's gone
+    assert not any(new for _, new in shown[2:])
 
 
 # ---- S3 -------------------------------------------------------------------------------------------
@@ -315,7 +343,7 @@ def initial_payload(index) -> int:
     """Bytes a browser reads to show the page: index.html and the scripts it names (the first data page)."""
     text = index.read_text()
     scripts = re.findall(r'<script src="([^"]+)"', text)
-    assert scripts == ["data/page-00000.js"]  # everything else is loaded when shown or filtered
+    assert scripts == ["data/page-00000.js"]  # everything else is loaded when shown or filtered (one run)
     return len(text.encode()) + sum((index.parent / s).stat().st_size for s in scripts)
 
 
@@ -330,7 +358,108 @@ def test_ten_thousand_rows_are_paged_and_the_first_payload_stays_small(tmp_path)
     small_payload = initial_payload(tmp_path / "small" / "out" / "report" / "index.html")
     assert payload < 250_000 and abs(payload - small_payload) < 2_000  # independent of the number of rows
     assert small["pages"] == 3
-    keys = (index.parent / "data" / "keys.js").read_text()
-    assert keys.startswith("RASR.keys(") and len(json.loads(keys[len("RASR.keys("):-3])["path"]) == 10_000
+    keys = (index.parent / "data" / "keys-00000.js").read_text()
+    assert keys.startswith("RASR.keys(0,") and len(json.loads(keys[len("RASR.keys(0,"):-3])["path"]) == 10_000
     paths = [re.search(r'data-p="([^"]*)"', r).group(1) for r in page_rows(tmp_path / "big" / "out")]
     assert len(paths) == len(set(paths)) == 10_000
+
+
+# ---- incremental ----------------------------------------------------------------------------------
+
+def _night(out: str, run_id: str, relpaths: list[str], status: str, at: dt.datetime) -> list[dict]:
+    """Manifest rows of a night (failed or skipped: no thumbnails to make), written as its shard file."""
+    rows = []
+    for i, p in enumerate(relpaths):
+        r = manifest.empty_row()
+        r.update(source_uri=os.path.normpath(os.path.join(out, "..", "in", p)), relpath=p, sha256=f"{i:064x}", status=status,
+                 error=f"reason {i % 2}", generator="bicubic", config_hash="c0ffee", run_id=run_id, shard_id=run_id,
+                 processed_at=at + dt.timedelta(seconds=i))
+        rows.append(r)
+    manifest.write_rows(manifest.shard_table_uri(out, "manifest", run_id), rows)
+    return rows
+
+
+def _cards(out) -> str:
+    """The summary's "All images" card and the failure tables of index.html."""
+    text = (out / "report" / "index.html").read_text()
+    return re.search(r"<h3>All images</h3>.*?</table>", text, re.S).group(0) + text[text.index("<h2>Failures"):
+                                                                                  text.index('<h2 id="images">')]
+
+
+def test_nights_append_and_agree_with_a_page_written_anew(tmp_path):
+    """Twelve nights appended to a 300-row page: earlier data files are never rewritten (the partial key chunk
+    aside), inputs enhanced again are counted once, the summary equals the one written anew from the manifest and
+    the one computed here from the manifest, and the row index stays at most MAX_FILES files."""
+    out = fake_output(tmp_path / "a", 300)
+    runreport.write_report(out)
+    data = tmp_path / "a" / "out" / "report" / "data"
+    at = dt.datetime(2026, 12, 2, tzinfo=dt.timezone.utc)
+    for night in range(12):
+        before = {f: (data / f).read_bytes() for f in os.listdir(data) if f.startswith("page-")}
+        again = [f"d0/{night * 7 + k:05d}.png" for k in range(3)]  # inputs of the first run, failing now
+        fresh = [f"n{night}/{k}.png" for k in range(4)]
+        rows = _night(out, f"night{night}", again + fresh, "error" if night % 3 else "skipped",
+                      at + dt.timedelta(days=night))
+        res = runreport.append_run(out, f"night{night}", rows)
+        assert {f: (data / f).read_bytes() for f in before} == before
+        state = json.loads((data / "state.json").read_text())
+        assert len(state["index"]) <= runreport_state.rowsets.MAX_FILES
+    latest = read_manifest(out).to_pylist()
+    assert res["rows"] == len(latest) == 300 + 12 * 4 and state["superseded"] == 12 * 3
+    status = Counter(r["status"] for r in latest)
+    sims = [r["ref_similarities"][0] for r in latest if r["status"] == "ok"]
+    appended = _cards(tmp_path / "a" / "out")
+    assert f"{len(latest)}: {status['ok']} ok, {status['error']} failed, {status['skipped']} skipped" in appended
+    assert f"median {np.median(sims):.3f}, min {min(sims):.3f}, max {max(sims):.3f}" in appended
+    reasons = Counter(r["error"] for r in latest if r["status"] == "error")
+    for reason, n in reasons.items():
+        assert f"<td>{reason}</td><td class=\"n\">{n}</td>" in appended
+    runreport.write_report(out)  # the page anew, from the manifest: the same counts (examples may differ)
+    counts = lambda text: re.sub(r" \(36 earlier rows of inputs enhanced again are hidden\)|(</td><td class=\"n\">\d+</td>)"
+                                 r"<td>[^<]*</td>|<td>processed</td><td>[^<]*</td>", r"\1", text)  # from: the earliest ever
+    assert counts(_cards(tmp_path / "a" / "out")) == counts(appended)
+    keys = json.loads(re.sub(r"^RASR\.keys\(0,|\);\n$", "", (data / "keys-00000.js").read_text()))
+    state = json.loads((data / "state.json").read_text())
+    assert state["pages"] == 6 + 12  # 264 rows of the first run, 7 of each night
+    assert len(keys["path"]) == 348 and sorted(os.listdir(data)) == sorted(  # nothing of the appended page left
+        [f"page-{p:05d}.js" for p in range(18)] + ["keys-00000.js", "state.json"] + [n for n, _ in state["index"]])
+
+
+def test_merge_choice_is_size_tiered():
+    from rasr.rowsets import merge_choice
+
+    assert merge_choice([5] * 8) == []
+    assert sorted(merge_choice([1000, 1, 1, 1, 1, 1, 1, 1, 1])) == list(range(1, 9))  # the small ones, not the big
+    assert sorted(merge_choice([1000, 8, 1, 1, 1, 1, 1, 1, 1])) == list(range(2, 9))
+    assert sorted(merge_choice([1000, 8, 7, 1, 1, 1, 1, 1, 1])) == list(range(3, 9))
+
+
+def test_a_night_killed_before_its_state_leaves_the_page_whole(tmp_path, monkeypatch):
+    """A night dies after writing its pages, key chunk and index file but before state.json (the commit): the page
+    still shows the earlier nights; the next night takes the same row numbers and the summary counts each input
+    once, as the manifest does."""
+    out = fake_output(tmp_path / "a", 120)
+    runreport.write_report(out)
+    at = dt.datetime(2026, 12, 2, tzinfo=dt.timezone.utc)
+    state_before = (tmp_path / "a" / "out" / "report" / "data" / "state.json").read_bytes()
+    real = runreport.storage.write_bytes
+
+    def dying(uri, *a, **k):
+        if uri.endswith("state.json"):
+            raise KeyboardInterrupt("killed")
+        return real(uri, *a, **k)
+
+    monkeypatch.setattr(runreport.storage, "write_bytes", dying)
+    rows = _night(out, "lost", ["d0/00001.png", "n/a.png", "n/b.png"], "error", at)
+    with pytest.raises(KeyboardInterrupt):
+        runreport.append_run(out, "lost", rows)
+    monkeypatch.undo()
+    assert (tmp_path / "a" / "out" / "report" / "data" / "state.json").read_bytes() == state_before
+    rows = _night(out, "lost", ["d0/00001.png", "n/a.png", "n/b.png"], "error", at)  # the rerun of that night
+    res = runreport.append_run(out, "next", rows)
+    latest = read_manifest(out).to_pylist()
+    status = Counter(r["status"] for r in latest)
+    assert res["rows"] == len(latest) == 122
+    assert f"{len(latest)}: {status['ok']} ok, {status['error']} failed" in _cards(tmp_path / "a" / "out")
+    meta = page_meta(tmp_path / "a" / "out")
+    assert meta["runs"][-1][:2] == [120, 3] and meta["rows"] == 123 and meta["total"] == 122
