@@ -230,10 +230,9 @@ def enhance(input, output, **opts) -> None:
     from rasr import catalog, storage
 
     listing = None
-    try:
-        if not cfg.input_list:  # the flow takes this listing instead of listing INPUT again (one listing per run)
-            listing = storage.join(target, "_state", f"listing-{os.getpid()}-{time.time_ns()}.parquet")
-            catalog.write_items(listing, work.items)
+    try:  # the flow takes this listing instead of listing INPUT (or reading --input-list) again: once per run
+        listing = storage.join(target, "_state", f"listing-{os.getpid()}-{time.time_ns()}.parquet")
+        catalog.write_items(listing, work.items)
         summary = enhance_archive(input, output, cfg, cluster, show_progress=True, listing=listing)
     except Exception as e:  # noqa: BLE001 - any failure: one line on stderr and exit 1
         fail(e)

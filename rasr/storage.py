@@ -103,9 +103,12 @@ def is_about_the_file(e: BaseException) -> bool:
 
 
 def read_bytes(uri: str) -> bytes:
+    """The whole object: one GET on a store (opening it as a file, or s3fs's concurrent read, asks for its size
+    first: a HEAD per read)."""
     fs, path = filesystem(uri)
-    with fs.open(path, "rb") as f:
-        return f.read()
+    if getattr(fs, "max_concurrency", None) is not None:  # s3fs
+        return fs.cat_file(path, max_concurrency=1)
+    return fs.cat_file(path)
 
 
 def exists(uri: str) -> bool:
