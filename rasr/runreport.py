@@ -528,7 +528,7 @@ def _finish(out: str, state: dict, first_run: str | None) -> dict:
                                 "pageSize": state["page_size"], "keyChunk": KEY_CHUNK,
                                 "keyChunks": -(-state["rows"] // KEY_CHUNK),
                                 "runs": [r[:3] for r in state["runs"]], "first": first}),
-        first_page=f"data/page-{state['runs'][first][2]:05d}.js" if state["runs"] else "data/page-00000.js")
+        first_page=f'<script src="data/page-{state["runs"][first][2]:05d}.js"></script>' if state["runs"] else "")
     index = storage.join(report, "index.html")
     storage.write_bytes(index, page.encode(), tmp)
     return {"report": index, "rows": state["rows"] - state["superseded"], "pages": state["pages"],

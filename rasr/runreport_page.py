@@ -69,7 +69,7 @@ TEMPLATE = """<!doctype html>
 <script>{{viewer_js}}</script>
 <script>var RASR_META={{meta}};</script>
 <script>{{app_js}}</script>
-<script src="{{first_page}}"></script>
+{{first_page}}
 </body></html>
 """
 
