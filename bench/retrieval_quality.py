@@ -1,6 +1,7 @@
 """Retrieval quality on degraded photos: is the first reference of the same category as the query?
 
     .venv/bin/python bench/retrieval_quality.py [--per-category 30] [--seeds 0,1,2,3] [--configs a,b,...]
+    .venv/bin/python bench/retrieval_quality.py --smoke   # seconds, on the bundled photos (tests/test_benches.py)
 
 Data: `bench/photosets.py` (GCompris, MATE backgrounds, Palapeli, scikit-image; installed from
 Debian, nothing downloaded): 10 categories, each capped at `--per-category` photos (seeded), photos
@@ -84,17 +85,28 @@ def bicubic_x4(rgb: np.ndarray, seed: int) -> np.ndarray:
 DEGRADE = {"realesrgan-x4": realesrgan_x4, "x2-blur-noise-jpeg40": blur_noise_jpeg, "bicubic-x4": bicubic_x4}
 
 
-def build(per_category: int, seed: int):
+def bundled_photosets() -> dict[str, list[tuple[str, np.ndarray]]]:
+    """The project's bundled photos (scikit-image, scikit-learn) by category, where a category has two or more:
+    the smoke mode's data, for the code path only (too few photos for a figure)."""
+    from rasr import samples
+
+    sets: dict[str, list] = {}
+    for name in samples.photo_names():
+        sets.setdefault(samples.category_of(name), []).append((name, samples.as_rgb(samples.load_photo(name))))
+    return {c: photos for c, photos in sets.items() if len(photos) >= 2}
+
+
+def build(per_category: int, seed: int, photosets=None, max_side: int = 512):
     """(gallery [(category, rgb)], queries [(category, rgb)]) with a seeded half/half split per category."""
     rng = random.Random(seed)
     gallery, queries = [], []
-    for category, photos in sorted(load_photosets().items()):
+    for category, photos in sorted((photosets or load_photosets)().items()):
         photos = sorted(photos, key=lambda p: p[0])
         rng.shuffle(photos)
         photos = photos[:per_category]
         half = len(photos) // 2
-        gallery += [(category, shrink(rgb)) for _, rgb in photos[:half]]
-        queries += [(category, shrink(rgb)) for _, rgb in photos[half:]]
+        gallery += [(category, shrink(rgb, max_side)) for _, rgb in photos[:half]]
+        queries += [(category, shrink(rgb, max_side)) for _, rgb in photos[half:]]
     return gallery, queries
 
 
@@ -110,7 +122,7 @@ def histogram(images: list[np.ndarray]) -> np.ndarray:
 
 def score(gallery_vecs: np.ndarray, gallery_cats: list[str], query_vecs: np.ndarray, query_cats: list[str]) -> dict:
     sims = torch.from_numpy(query_vecs) @ torch.from_numpy(gallery_vecs).T
-    top = sims.topk(5, dim=1)
+    top = sims.topk(min(5, sims.shape[1]), dim=1)
     cats = np.array(gallery_cats)
     hits = cats[top.indices.numpy()] == np.array(query_cats)[:, None]
     return {"top1": float(hits[:, 0].mean()), "top5": float(hits.any(1).mean()),
@@ -127,7 +139,7 @@ def embed(encoder, preprocessing: str, images: list[np.ndarray], flip: bool = Fa
     return vecs, (time.perf_counter() - t0) / len(images) * 1e3
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--per-category", type=int, default=30)
     ap.add_argument("--seeds", default="0,1,2,3", help="Splits to average over (one query set per seed).")
@@ -135,13 +147,19 @@ def main() -> None:
     ap.add_argument("--hygiene-sweep", action="store_true",
                     help="Instead: how gallery JPEG quality and size change top-1 with the default configuration "
                          "(the rule behind `rasr index`'s low-quality flags)")
-    args = ap.parse_args()
+    ap.add_argument("--smoke", action="store_true", help="Seconds: the bundled photos (two per category, 128 px), "
+                                                         "one split, the first two configurations (tests)")
+    args = ap.parse_args(argv)
     torch.set_num_threads(1)  # per-image times comparable across configurations
+    photosets, max_side = None, 512
+    if args.smoke:
+        args.per_category, args.seeds, photosets, max_side = 2, "0", bundled_photosets, 128
+        args.configs = ",".join(args.configs.split(",")[:2])
     seeds = [int(x) for x in args.seeds.split(",")]
     configs = args.configs.split(",")
-    runs = [run_split(args.per_category, seed, configs, args.hygiene_sweep) for seed in seeds]
+    runs = [run_split(args.per_category, seed, configs, args.hygiene_sweep, photosets, max_side) for seed in seeds]
     if args.hygiene_sweep:
-        return
+        return {}
     first = runs[0]
     print(f"{first['categories']} categories, {first['gallery']} gallery photos, {first['queries']} queries per split "
           f"x {len(DEGRADATIONS)} degradations, {len(seeds)} seeded splits (seeds {args.seeds}); mean over splits, "
@@ -178,10 +196,12 @@ def main() -> None:
                "top1": {c: {d: round(mean[c][d]["top1"], 3) for d in DEGRADATIONS} for c in names},
                "similarity": {c: {d: round(mean[c][d]["similarity"], 3) for d in DEGRADATIONS} for c in ms}}
     print(json.dumps(summary))
+    return summary
 
 
-def run_split(per_category: int, seed: int, configs: list[str], sweep: bool) -> dict:
-    gallery, queries = build(per_category, seed)
+def run_split(per_category: int, seed: int, configs: list[str], sweep: bool, photosets=None,
+              max_side: int = 512) -> dict:
+    gallery, queries = build(per_category, seed, photosets, max_side)
     g_imgs, g_cats = [g for _, g in gallery], [c for c, _ in gallery]
     q_cats = [c for c, _ in queries]
     degraded = {d: [DEGRADE[d](rgb, seed * 1000 + i) for i, (_, rgb) in enumerate(queries)] for d in DEGRADATIONS}

@@ -1,28 +1,31 @@
-"""What planning a night costs as the archive grows: the run state and the night's inputs, local and on S3.
+"""What a night costs as the archive grows: a whole `rasr enhance` night of NEW photos on archives of 10k, 100k, 1M.
 
-A night of NEW new photos on an archive whose run state says ARCHIVE inputs are already done (written as the shard
-task writes it: one done-marker per 64 inputs), planned the way `rasr enhance` plans (rasr.enhance_run.plan):
+Each archive is what years of nights leave under OUTPUT, built at its size with the project's own writers: the
+run state compacted into rollups (rasr/runstate.py), the manifest (one Parquet file per shard of 64 inputs), the
+results page with its row index (appended run by run, rasr/runreport.py) and a run summary. The night itself is
+the real command, in a fresh process: `rasr enhance INPUT OUTPUT --generator bicubic --input-list KEYS` on NEW
+tiny crops of real photos (scikit-image, scikit-learn), through Prefect and Ray, then compaction and the page.
+Measured per night: wall time, the command's peak RSS (VmHWM: the process that plans, reads the state and writes
+the page; Ray's workers enhance only the new photos) and, on S3 (moto's server behind a counting proxy,
+tests/faultproxy.py with no faults), every storage request. The archives are built past the proxy (not counted).
 
-    listing   the night lists INPUT (only the local variant: the archive's files exist there)
-    list      the night is told what is new (--input-list; the old photos need not even be there)
+    python bench/scale.py            # archives of 10k, 100k and 1M, local and S3 (~25 min)
+    python bench/scale.py --quick    # 2k and 20k (~7 min)
+    python bench/scale.py --smoke    # one night of 6 photos on 300, local (tests/test_benches.py; ~25 s)
 
-each with the run state as loose markers (before) and compacted (rasr/runstate.py), at several archive sizes.
-Each measurement runs in a fresh process (its peak RSS is its own); S3 goes through moto's server behind a
-counting proxy (tests/faultproxy.py with no faults), so requests are counted, not estimated.
-
-    python bench/scale.py            # archives of 10k, 100k and 1M done inputs (~15 min)
-    python bench/scale.py --quick    # 2k and 20k (~2 min)
-    python bench/scale.py --smoke    # 1k and 4k, local only (seconds; tests/test_benches.py)
-
-Not measured here yet (issue 25): the rest of a night (enhancing, the manifest, the results page), whose page
-still reads the whole manifest. The last line is one JSON object: plan_time_ratio, plan_rss_ratio,
-requests_per_new_photo, requests_fixed (list + compacted state, largest vs smallest archive).
+Targets (issue 25): the night at the largest archive within 1.2x of the night at the smallest in wall time and
+peak RSS; requests per night at most (new photos x a small constant) + (archive / 10,000). The slope is measured
+from two night sizes on the largest S3 archive (NEW/2, then NEW). The last line is one JSON object:
+night_time_ratio, night_rss_ratio, requests_per_new_photo, requests_fixed (and the figures behind them, with the
+largest S3 night's requests by what they touched).
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime as dt
+import io
 import json
 import os
 import shutil
@@ -30,62 +33,147 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 SHARD = 64
+RUN_ROWS = 64 * 1563  # the archive's page is appended in runs of this many rows (whole shards: 100,032)
+CROP = 32
 
 
-def write_state(out: str, archive: int, new_root: str, new: int) -> None:
-    """Done-markers for `archive` inputs (old enough to be compacted), and `new` real files under new_root."""
-    from rasr import catalog, storage
-
+def night_config():
     from rasr.enhance_run import EnhanceConfig
 
-    cfg_hash = EnhanceConfig(generator="bicubic").hash()  # the config `measure` plans with
-    at = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3)).isoformat()
-    local = not storage.is_remote(out)
-    for s in range(0, archive, SHARD):
-        sid = f"{s:012x}"
-        marker = {"shard_id": sid, "config_hash": cfg_hash, "run_id": "old", "finished_at": at, "counts": {"ok": SHARD},
-                  "items": [{"relpath": f"old/{i // 1000:05d}/{i:08d}.png", "size": 1000 + i % 7,
-                             "mtime": f"{1600000000 + i}.000000", "status": "ok", "sha256": f"{i:064x}"}
-                            for i in range(s, min(archive, s + SHARD))]}
-        data = json.dumps(marker).encode()
-        if local:
-            path = os.path.join(out, catalog.DONE_DIR, f"shard={sid}.json")
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "wb") as f:
-                f.write(data)
-        else:
-            storage.write_bytes(catalog.done_marker_uri(out, sid), data)
-    for i in range(new):
-        storage.write_bytes(storage.join(new_root, f"new/{i:06d}.png"), b"\x89PNG" + i.to_bytes(4, "big"))
+    return EnhanceConfig(generator="bicubic")
 
 
-def measure(args: dict) -> dict:
-    """One plan in this (fresh) process: wall time, peak RSS, what it planned."""
-    from rasr import enhance_run as E
+def build(out: str, inp: str, archive: int) -> None:
+    """The state `archive` enhanced inputs leave under `out` (old enough to have been compacted)."""
+    import pyarrow as pa
 
-    cfg = E.EnhanceConfig(generator="bicubic", input_list=args.get("input_list"))
+    from rasr import catalog, manifest, runlog, runreport, runstate, storage
+
+    cfg_hash = night_config().hash()
+    when = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3)
+    at = when.isoformat()
+    rel = lambda i: f"old/{i // 1000:05d}/{i:08d}.png"
+    parts = []
+    for lo in range(0, archive, RUN_ROWS):  # the run state, compacted into one rollup (as a merge leaves it)
+        parts.append(pa.Table.from_pylist([
+            {"shard_id": f"{i // SHARD:012x}", "config_hash": cfg_hash, "run_id": f"old{lo // RUN_ROWS}",
+             "finished_at": at, "relpath": rel(i), "size": 1000 + i % 7, "mtime": f"{1600000000 + i}.000000",
+             "status": "ok", "sha256": f"{i:064x}", "retry": False} for i in range(lo, min(archive, lo + RUN_ROWS))],
+            schema=runstate.SCHEMA))
+    runstate._write_rollup(out, pa.concat_tables(parts))
+    del parts
+
+    def row(i: int) -> dict:
+        r = manifest.empty_row()
+        r.update(source_uri=storage.join(inp, rel(i)), relpath=rel(i), sha256=f"{i:064x}", status="ok",
+                 generator="bicubic", config_hash=cfg_hash, run_id=f"old{i // RUN_ROWS}", shard_id=f"{i // SHARD:012x}",
+                 ref_ids=[f"{i % 997:064x}"], ref_uris=[f"gallery/{i % 997}.png"], ref_similarities=[0.3 + i % 60 / 100],
+                 ref_categories=["animals"], width=8, height=8, out_width=32, out_height=32,
+                 timings_ms={k: float(1 + i % 9) for k in manifest.TIMING_FIELDS},
+                 processed_at=when + dt.timedelta(seconds=i))
+        return r
+
+    tmp = catalog.temp_dir(out)
+    for lo in range(0, archive, RUN_ROWS):
+        rows = [row(i) for i in range(lo, min(archive, lo + RUN_ROWS))]
+        with ThreadPoolExecutor(16) as pool:  # the manifest: one file per shard
+            list(pool.map(lambda part: manifest.write_rows(
+                manifest.shard_table_uri(out, catalog.MANIFEST_DIR, part[0]["shard_id"]), part, tmp_dir=tmp),
+                [rows[s:s + SHARD] for s in range(0, len(rows), SHARD)]))
+        runreport.append_run(out, f"old{lo // RUN_ROWS}", rows, workers=16)  # rows with no sprite to make
+    runlog.write_run(out, {"run_id": "old", "input": "archive", "generator": "bicubic", "processed": archive,
+                           "ok": archive, "started_at": when})
+
+
+def new_photos(inp: str, first: int, n: int) -> list[str]:
+    """n tiny crops of real photos under inp/new/, their keys."""
+    import numpy as np
+    from PIL import Image
+
+    from rasr import samples, storage
+
+    photos = [samples.as_rgb(samples.load_photo(name)) for name in samples.photo_names()]
+    rng = np.random.default_rng(first)
+    keys = []
+
+    def one(i: int) -> str:
+        img = photos[i % len(photos)]
+        y, x = (int(rng.integers(0, img.shape[k] - CROP)) for k in (0, 1))
+        buf = io.BytesIO()
+        Image.fromarray(img[y:y + CROP, x:x + CROP]).save(buf, format="PNG")
+        key = f"new/{i // 1000:04d}/{i:06d}.png"
+        storage.write_bytes(storage.join(inp, key), buf.getvalue())
+        return key
+
+    with ThreadPoolExecutor(16) as pool:
+        keys = list(pool.map(one, range(first, first + n)))
+    return keys
+
+
+def night_child(spec: dict) -> None:
+    """The night: the real command, in this fresh process; its peak RSS written at exit."""
+    def hwm():
+        with open("/proc/self/status") as f:
+            kb = next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM"))
+        with open(spec["hwm"], "w") as f:
+            f.write(str(kb / 1024))
+
+    atexit.register(hwm)
+    from flows.cli import main
+
+    main(["enhance", spec["input"], spec["out"], "--generator", "bicubic", "--input-list", spec["keys"]],
+         standalone_mode=True)
+
+
+KINDS = (("/out/images/", "output images"), ("/out/report/thumbs/", "page sprites"), ("/out/report/", "page data"),
+         ("/out/_done", "run state"), ("/out/_leases", "leases"), ("/out/manifest", "manifest"),
+         ("/out/_state/", "the CLI's listing"), ("/out/runs", "run summaries"), ("/in/new/", "input photos"))
+
+
+def by_kind(log: list[tuple[str, str]]) -> dict[str, int]:
+    """Requests by what they touched ("GET input photos": n), from the proxy's log."""
+    from collections import Counter
+
+    def kind(path: str) -> str:
+        if path.count("/") == 1:  # /bucket?list-type=2&prefix=...
+            return "listings"
+        return next((k for part, k in KINDS if part in path), "other")
+
+    return dict(Counter(f"{method} {kind(path.split('?')[0])}" for method, path in log).most_common())
+
+
+def run_night(spec: dict, env: dict, proxy=None) -> dict:
+    if proxy is not None:
+        proxy.log = []
+    before = proxy.requests if proxy else 0
     t = time.perf_counter()
-    work = E.plan(cfg, args["input"], args["out"])
-    return {"seconds": time.perf_counter() - t, "peak_rss_mb": _hwm_mb(), "todo": work.todo, "listed": work.listed}
-
-
-def _hwm_mb() -> float:
-    """This process's peak resident memory since its exec (VmHWM; ru_maxrss would count the parent's pages it was
-    forked with)."""
-    with open("/proc/self/status") as f:
-        return next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM")) / 1024
-
-
-def run_child(args: dict, env: dict) -> dict:
-    r = subprocess.run([sys.executable, __file__, "--child", json.dumps(args)], env=env, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, __file__, "--night", json.dumps(spec)], env=env, capture_output=True,
+                       text=True)
+    seconds = time.perf_counter() - t
     if r.returncode:
-        raise RuntimeError(r.stderr[-2000:])
-    return json.loads(r.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"night failed ({r.returncode}): {r.stderr[-3000:]}")
+    with open(spec["hwm"]) as f:
+        rss = float(f.read())
+    processed = next(int(ln.split()[-1]) for ln in r.stdout.splitlines() if ln.startswith("  processed "))
+    return {"seconds": round(seconds, 2), "peak_rss_mb": round(rss, 1), "processed": processed,
+            "requests": (proxy.requests - before) if proxy else None,
+            "requests_by_kind": by_kind(proxy.log) if proxy else None}
+
+
+def build_child(spec: dict) -> None:
+    build(spec["out"], spec["in"], spec["archive"])
+
+
+def child(mode: str, spec: dict, env: dict) -> None:
+    r = subprocess.run([sys.executable, __file__, mode, json.dumps(spec)], env=env, capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(r.stderr[-3000:])
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -93,17 +181,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--new", type=int, default=1000)
-    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--night", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--build", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.child:
-        print(json.dumps(measure(json.loads(args.child))))
-        return {}
-    from rasr import runstate
-    sizes = [1_000, 4_000] if args.smoke else [2_000, 20_000] if args.quick else [10_000, 100_000, 1_000_000]
-    new = 50 if args.smoke else args.new
+    if args.night:
+        return night_child(json.loads(args.night))
+    if args.build:
+        return build_child(json.loads(args.build))
+    sizes = [300] if args.smoke else [2_000, 20_000] if args.quick else [10_000, 100_000, 1_000_000]
+    new = 6 if args.smoke else args.new
     stores = ["local"] if args.smoke else ["local", "s3"]
-    env = {**os.environ, "RASR_QUIET": "1"}
-    results, proxy, server = [], None, None
+    env = {**os.environ, "RASR_QUIET": "1", "PYTHONPATH": ROOT}
+    results, proxy, server, direct = [], None, None, None
     tmp = tempfile.mkdtemp(prefix="rasr-scale-")
     try:
         if "s3" in stores:
@@ -112,55 +201,47 @@ def main(argv: list[str] | None = None) -> dict:
             from moto.server import ThreadedMotoServer
 
             logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
-
             sys.path.insert(0, os.path.join(ROOT, "tests"))
             from faultproxy import FaultProxy
 
             server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
             server.start()
             host, port = server.get_host_and_port()
-            proxy = FaultProxy(f"http://{host}:{port}", rate=0.0)
-            env.update(AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s", AWS_REGION="us-east-1",
-                       AWS_ENDPOINT_URL=proxy.url)
-            os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION",
-                                                   "AWS_ENDPOINT_URL")})
+            direct = f"http://{host}:{port}"
+            proxy = FaultProxy(direct, rate=0.0)
+            env.update(AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s", AWS_REGION="us-east-1")
+            os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")})
+            os.environ["AWS_ENDPOINT_URL"] = direct
             import boto3
 
-            boto3.client("s3", endpoint_url=f"http://{host}:{port}").create_bucket(Bucket="scale")
+            boto3.client("s3", endpoint_url=direct).create_bucket(Bucket="scale")
         for store in stores:
             for n in sizes:
                 base = os.path.join(tmp, f"{store}-{n}") if store == "local" else f"s3://scale/{n}"
                 out, inp = f"{base}/out", f"{base}/in"
                 t = time.perf_counter()
-                write_state(out, n, inp, new)
-                keys = os.path.join(tmp, f"keys-{store}-{n}.txt")
-                with open(keys, "w") as f:
-                    f.write("".join(f"new/{i:06d}.png\n" for i in range(new)))
-                print(f"{store} {n:>9,}: state written in {time.perf_counter() - t:.0f} s", flush=True)
-                for state in ("loose", "compacted"):
-                    if state == "compacted":
-                        did = runstate.compact(out, "bench")
-                        assert did.get("markers_rolled"), did
-                    for how in (("list", "listing") if store == "local" else ("list",)):
-                        if how == "listing" and n > 100_000:
-                            continue  # a million files to list: the listing is what --input-list avoids
-                        if how == "listing":
-                            _old_files(inp, n)
-                        before = proxy.requests if proxy else 0
-                        r = run_child({"input": inp, "out": out, "input_list": keys if how == "list" else None}, env)
-                        r.update(store=store, archive=n, state=state, how=how,
-                                 requests=(proxy.requests - before) if proxy else None)
-                        assert r["todo"] == new, r
-                        results.append(r)
-                        if store == "s3" and state == "compacted" and n == sizes[-1]:  # half the night: the slope
-                            half = os.path.join(tmp, f"keys-half-{n}.txt")
-                            with open(half, "w") as f:
-                                f.write("".join(f"new/{i:06d}.png\n" for i in range(new // 2)))
-                            before = proxy.requests
-                            run_child({"input": inp, "out": out, "input_list": half}, env)
-                            r["requests_half_night"] = proxy.requests - before
-                        print(f"  {state:<9} {how:<8} {r['seconds']:7.2f} s  peak RSS {r['peak_rss_mb']:7.0f} MB  "
-                              f"requests {r['requests'] if r['requests'] is not None else '-'}", flush=True)
+                uncounted = {**env, "AWS_ENDPOINT_URL": direct} if direct else env
+                child("--build", {"out": out, "in": inp, "archive": n}, uncounted)
+                slope = store == "s3" and n == sizes[-1]
+                halves = [new // 2, new] if slope else [new]
+                first, nights = 0, []
+                for k, count in enumerate(halves):
+                    keys = new_photos(inp, first, count)
+                    first += count
+                    kf = os.path.join(tmp, f"keys-{store}-{n}-{k}.txt")
+                    with open(kf, "w") as f:
+                        f.write("".join(f"{key}\n" for key in keys))
+                    nights.append(kf)
+                print(f"{store} {n:>9,}: archive built in {time.perf_counter() - t:.0f} s", flush=True)
+                counted = {**env, "AWS_ENDPOINT_URL": proxy.url} if proxy else env
+                for kf, count in zip(nights, halves):
+                    spec = {"input": inp, "out": out, "keys": kf, "hwm": os.path.join(tmp, "hwm")}
+                    r = run_night(spec, counted, proxy if store == "s3" else None)
+                    assert r["processed"] == count, r
+                    r.update(store=store, archive=n, new=count)
+                    results.append(r)
+                    print(f"  night of {count:>5}: {r['seconds']:7.2f} s  peak RSS {r['peak_rss_mb']:7.0f} MB  "
+                          f"requests {r['requests'] if r['requests'] is not None else '-'}", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if server is not None:
@@ -168,32 +249,22 @@ def main(argv: list[str] | None = None) -> dict:
     return summary(results, sizes, new, stores)
 
 
-def _old_files(inp: str, n: int) -> None:
-    """The archive's files themselves (local), for the listing variant: sparse files of the size and time the state
-    records, so the listing finds them done."""
-    for i in range(n):
-        path = os.path.join(inp, f"old/{i // 1000:05d}/{i:08d}.png")
-        if i % 1000 == 0:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
-            f.truncate(1000 + i % 7)
-        os.utime(path, (1600000000 + i, 1600000000 + i))
-
-
 def summary(results: list[dict], sizes: list[int], new: int, stores: list[str]) -> dict:
-    pick = lambda store, n: next(r for r in results if r["store"] == store and r["archive"] == n
-                                 and r["state"] == "compacted" and r["how"] == "list")
+    pick = lambda store, n, count=new: next(r for r in results if r["store"] == store and r["archive"] == n
+                                            and r["new"] == count)
     lo, hi = sizes[0], sizes[-1]
     out = {"archives": sizes, "new": new,
-           "plan_time_ratio": round(pick("local", hi)["seconds"] / pick("local", lo)["seconds"], 3),
-           "plan_rss_ratio": round(pick("local", hi)["peak_rss_mb"] / pick("local", lo)["peak_rss_mb"], 3)}
+           "night_time_ratio": round(pick("local", hi)["seconds"] / pick("local", lo)["seconds"], 3),
+           "night_rss_ratio": round(pick("local", hi)["peak_rss_mb"] / pick("local", lo)["peak_rss_mb"], 3),
+           "nights": [{k: r[k] for k in ("store", "archive", "new", "seconds", "peak_rss_mb", "requests")}
+                      for r in results]}
     if "s3" in stores:
-        big = pick("s3", hi)
-        slope = (big["requests"] - big["requests_half_night"]) / (new - new // 2)  # measured, two night sizes
-        out.update(requests_per_new_photo=round(slope, 3), requests_fixed=round(big["requests"] - slope * new),
-                   requests_small_archive=pick("s3", lo)["requests"], requests_large_archive=big["requests"],
-                   requests_loose=next(r["requests"] for r in results if r["store"] == "s3" and r["archive"] == hi
-                                       and r["state"] == "loose"))
+        full, half = pick("s3", hi), pick("s3", hi, new // 2)
+        slope = (full["requests"] - half["requests"]) / (new - new // 2)
+        out.update(requests_per_new_photo=round(slope, 3), requests_fixed=round(full["requests"] - slope * new),
+                   requests_allowed_fixed=hi // 10_000, requests_by_kind=full["requests_by_kind"],
+                   s3_night_time_ratio=round(full["seconds"] / pick("s3", lo)["seconds"], 3),
+                   s3_night_rss_ratio=round(full["peak_rss_mb"] / pick("s3", lo)["peak_rss_mb"], 3))
     print(json.dumps(out))
     return out
 

@@ -30,6 +30,7 @@ class FaultProxy:
         self.lock = threading.Lock()
         self.injected: Counter = Counter()
         self.requests = 0
+        self.log: list[tuple[str, str]] | None = None  # (method, path) of each request, when a list
         self.down_at: int | None = None  # go down when this many requests have been seen
         self.port = 0
         self._server: ThreadingHTTPServer | None = None
@@ -64,6 +65,8 @@ class FaultProxy:
 
             def _handle(self):
                 body = self._body()
+                if proxy.log is not None:
+                    proxy.log.append((self.command, self.path))
                 fault = proxy._draw()
                 if fault == "down":  # this request is lost and the store goes away
                     threading.Thread(target=proxy.down, daemon=True).start()

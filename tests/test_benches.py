@@ -1,10 +1,11 @@
 """Benchmarks that no other test runs, in their smoke modes: a schema or API change fails here instead of
 rotting in bench/. Here: bench/encoding.py --smoke, bench/train_gpu.py --tiny, bench/pipeline_gpu.py (its
 refusal without CUDA), bench/instance_refs.py --smoke, bench/scale.py --smoke, bench/retrieval.py --smoke,
-bench/pipeline.py --smoke (its per-worker section). Elsewhere: bench/color_fix.py (test_faithful), bench/colour.py
-(test_derivatives), bench/reproduce_osediff.py (test_reproduce), bench/refdsr_gpu.py (test_refdsr). Not run by any
-test yet (issue 25): both evaluation benches and the retrieval-quality bench (minutes each; the last needs Debian
-photo sets)."""
+bench/pipeline.py --smoke (its per-worker section), bench/eval_bundled.py --smoke, bench/eval_scale.py --smoke,
+bench/retrieval_quality.py --smoke (on the bundled photos: the Debian sets need not be installed). Elsewhere:
+bench/color_fix.py (test_faithful), bench/colour.py (test_derivatives), bench/reproduce_osediff.py (test_reproduce),
+bench/refdsr_gpu.py (test_refdsr). bench/photosets.py is a module of retrieval_quality (its Debian reader runs only
+where the sets are installed)."""
 
 from __future__ import annotations
 
@@ -59,11 +60,14 @@ def test_instance_refs_bench_smoke():
 
 
 @pytest.mark.integration  # 8 planning processes (~6 s)
+@pytest.mark.integration  # one real `rasr enhance` night (Prefect, Ray): ~25 s
 def test_scale_bench_smoke():
-    """bench/scale.py --smoke: every night plans exactly its new photos, from loose and compacted state alike."""
+    """bench/scale.py --smoke: an archive built by the project's writers, then a whole night that enhances exactly
+    its new photos."""
     result = bench("scale").main(["--smoke"])
-    assert result["archives"] == [1000, 4000] and result["new"] == 50
-    assert result["plan_time_ratio"] > 0 and result["plan_rss_ratio"] > 0
+    assert result["archives"] == [300] and result["new"] == 6 and result["night_time_ratio"] == 1.0
+    (night,) = result["nights"]
+    assert night["seconds"] > 0 and night["peak_rss_mb"] > 50
 
 
 @pytest.mark.integration  # builds a 5k exact and a 10k ANN table (~25 s)
@@ -84,3 +88,27 @@ def test_pipeline_bench_smoke():
     result = bench("pipeline").main(["--smoke"])
     assert result["images_per_worker"] == 8
     assert 0 < result["serial_efficiency_30ms"] <= 1 and 0 < result["efficiency_30ms"] <= 1
+
+
+@pytest.mark.integration
+def test_eval_bundled_bench_smoke(flows_env, tmp_path):
+    """bench/eval_bundled.py --smoke: both protocols through the evaluate flow, a Table 1 each with both methods."""
+    result = bench("eval_bundled").main([str(tmp_path), "--smoke"])
+    assert set(result) == {"degraded", "clean"}
+    for res in result.values():
+        assert "bicubic" in res["table1"] and "realesrgan" in res["table1"] and "PSNR" in res["table1"]
+
+
+@pytest.mark.integration
+def test_eval_scale_bench_smoke(flows_env, tmp_path):
+    """bench/eval_scale.py --smoke: its `rasr evaluate` command and its rows-per-(image, method) check."""
+    result = bench("eval_scale").main(["--smoke", "--out", str(tmp_path)])
+    assert result == {"rows": 8, "images": 4, "per_pair_min": 1, "per_pair_max": 1}
+
+
+def test_retrieval_quality_bench_smoke():
+    """bench/retrieval_quality.py --smoke (the Debian photo sets are not needed): the summary keys the README quotes,
+    accuracies that are fractions."""
+    result = bench("retrieval_quality").main(["--smoke"])
+    assert {"top1_default", "top1_old_default", "top1_baseline_histogram", "top1_majority"} <= set(result)
+    assert all(0 <= result[k] <= 1 for k in ("top1_default", "top1_old_default", "top1_majority"))
