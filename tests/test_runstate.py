@@ -207,3 +207,36 @@ def test_a_plan_from_an_input_list_plans_only_the_listed_inputs(archive, tmp_pat
     # the same input through the listing and through the list makes the same shard: one run state for both
     listed = plan(cfg, str(archive), out, items=[i for i in whole.items if i.relpath == "a/2.png"])
     assert listed.shards[0].id == tonight.shards[0].id
+
+
+def test_the_readmes_duckdb_queries_read_the_manifest_and_the_run_state(state, monkeypatch):
+    """The SQL the README gives, run by DuckDB from the OUTPUT folder: the newest row per input as
+    rasr.manifest.read_manifest returns it, and the rolled-up run state's counts as the markers hold them."""
+    import re
+
+    import duckdb
+
+    from rasr import manifest
+
+    out, old, new = state
+    runstate.compact(out)
+    t0 = dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc)
+    rows = []
+    for k, (rel, status, sec) in enumerate([("a.png", "error", 0), ("b.png", "ok", 1), ("a.png", "ok", 9)]):
+        r = manifest.empty_row()
+        r.update(source_uri=f"/in/{rel}", relpath=rel, status=status, run_id=f"r{k}", shard_id=f"s{k}",
+                 processed_at=t0 + dt.timedelta(seconds=sec))
+        rows.append(r)
+        manifest.write_rows(manifest.shard_table_uri(out, catalog.MANIFEST_DIR, f"s{k}"), [r])
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")).read()
+    sql = re.search(r"```sql\n(.*?)```", readme, re.S).group(1)
+    newest, counts = [q for q in sql.split(";") if "SELECT" in q]  # comments and all, as a user pastes them
+    monkeypatch.chdir(out)
+    got = duckdb.sql(newest)
+    got = [dict(zip(got.columns, g)) for g in got.fetchall()]
+    want = manifest.read_manifest(out).to_pylist()
+    assert sorted((g["relpath"], g["status"], g["run_id"]) for g in got) == sorted(
+        (r["relpath"], r["status"], r["run_id"]) for r in want) == [("a.png", "ok", "r2"), ("b.png", "ok", "r1")]
+    by_status = dict(duckdb.sql(counts).fetchall())
+    rolled = [it for m in old for it in m["items"]]  # the 40 old markers, rolled up; the 5 new ones stay loose
+    assert by_status == {s: sum(it["status"] == s for it in rolled) for s in {"ok", "error"}}
