@@ -284,8 +284,14 @@ def test_report_on_s3_copies_thumbnails_and_holds_no_credentials(flows_env, s3_s
     s3.put_object(Bucket="pages", Key="in/c/broken.jpg", Body=b"not a photo")
     s = enhance_archive("s3://pages/in", "s3://pages/out", EnhanceConfig(generator="bicubic", shard_size=2))
     assert s["ok"] == 3 and s["report"] == "s3://pages/out/report/index.html"
+    # a second night on S3 appends (its row index read by ranged GETs): a new photo and a changed one
+    for name, size in (("astronaut", (30, 30)), ("rocket", (44, 24))):
+        save_photo(str(tmp_path / "src" / f"{name}.png"), name, size)
+        s3.upload_file(str(tmp_path / "src" / f"{name}.png"), "pages", f"in/c/{name}.png")
+    s2 = enhance_archive("s3://pages/in", "s3://pages/out", EnhanceConfig(generator="bicubic", shard_size=2))
+    assert s2["ok"] == 2 and s2["report"] == s["report"]
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="pages", Prefix="out/report/")["Contents"]]
-    assert sum(k.startswith("out/report/thumbs/") for k in keys) == 3
+    assert sum(k.startswith("out/report/thumbs/") for k in keys) == 5  # the old rocket's sprite stays
     local = tmp_path / "copy"
     for key in keys:
         body = s3.get_object(Bucket="pages", Key=key)["Body"].read()
@@ -297,7 +303,10 @@ def test_report_on_s3_copies_thumbnails_and_holds_no_credentials(flows_env, s3_s
     links = re.findall(r'(?:src|href)="([^"]*)"', "".join(page_rows(local / "out")))
     assert links and all(k.startswith(("thumbs/", "../images/")) for k in links)  # relative: no store address
     res = selftest(local / "out" / "report" / "index.html", tmp_path)  # the copy works offline, on its own
-    assert len(res["initial"]) == 4 and res["images_loaded"] == res["images"] > 0
+    assert [(x["path"], x["new"]) for x in res["initial"]] == [
+        ("c/astronaut.png", True), ("c/rocket.png", True), ("c/broken.jpg", False), ("c/chelsea.png", False),
+        ("c/coffee.png", False)]  # the second night first; the changed photo once, in its newest row
+    assert res["images_loaded"] == res["images"] > 0
     for obj in s3.list_objects_v2(Bucket="pages")["Contents"]:
         s3.delete_object(Bucket="pages", Key=obj["Key"])
     s3.delete_bucket(Bucket="pages")
