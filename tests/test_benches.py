@@ -60,10 +60,9 @@ def test_instance_refs_bench_smoke():
 
 
 @pytest.mark.integration  # 8 planning processes (~6 s)
-@pytest.mark.integration  # one real `rasr enhance` night (Prefect, Ray): ~25 s
-def test_scale_bench_smoke():
-    """bench/scale.py --smoke: an archive built by the project's writers, then a whole night that enhances exactly
-    its new photos."""
+def test_scale_bench_smoke(flows_env):
+    """bench/scale.py --smoke: an archive built by the project's writers, then a whole night (the command, in this
+    process) that enhances exactly its new photos."""
     result = bench("scale").main(["--smoke"])
     assert result["archives"] == [300] and result["new"] == 6 and result["night_time_ratio"] == 1.0
     (night,) = result["nights"]
