@@ -116,19 +116,25 @@ def new_photos(inp: str, first: int, n: int) -> list[str]:
     return keys
 
 
+def night_command(spec: dict) -> list[str]:
+    """The night's `rasr` arguments."""
+    return ["enhance", spec["input"], spec["out"], "--generator", "bicubic", "--input-list", spec["keys"]]
+
+
+def write_hwm(path: str) -> None:
+    """This process's peak resident memory (VmHWM, MB) into `path`."""
+    with open("/proc/self/status") as f:
+        kb = next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM"))
+    with open(path, "w") as f:
+        f.write(str(kb / 1024))
+
+
 def night_child(spec: dict) -> None:
     """The night: the real command, in this fresh process; its peak RSS written at exit."""
-    def hwm():
-        with open("/proc/self/status") as f:
-            kb = next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM"))
-        with open(spec["hwm"], "w") as f:
-            f.write(str(kb / 1024))
-
-    atexit.register(hwm)
+    atexit.register(write_hwm, spec["hwm"])
     from flows.cli import main
 
-    main(["enhance", spec["input"], spec["out"], "--generator", "bicubic", "--input-list", spec["keys"]],
-         standalone_mode=True)
+    main(night_command(spec), standalone_mode=True)
 
 
 KINDS = (("/out/images/", "output images"), ("/out/report/thumbs/", "page sprites"), ("/out/report/", "page data"),
@@ -159,12 +165,10 @@ def night_here(spec: dict) -> tuple[int, str]:
     code = 0
     with contextlib.redirect_stdout(buf):
         try:
-            rasr(["enhance", spec["input"], spec["out"], "--generator", "bicubic", "--input-list", spec["keys"]],
-                 standalone_mode=False)
+            rasr(night_command(spec), standalone_mode=False)
         except SystemExit as e:
             code = e.code or 0
-    with open("/proc/self/status") as f, open(spec["hwm"], "w") as out:
-        out.write(str(next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM")) / 1024))
+    write_hwm(spec["hwm"])
     return code, buf.getvalue()
 
 

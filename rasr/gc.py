@@ -60,7 +60,7 @@ def _old_temp_files(output: str) -> list[str]:
         return []  # object stores write whole objects: nothing half-written to collect
     # where writes are staged (catalog.temp_dir: every image, thumbnail, manifest and marker write), and the small
     # folders whose writers may stage next to the file; never a walk of the images or thumbnails (the archive's size)
-    big = {os.path.join(output, catalog.IMAGES_DIR), os.path.join(output, "report", "thumbs")}
+    big = {os.path.join(output, catalog.IMAGES_DIR), os.path.join(output, runreport.REPORT_DIR, "thumbs")}
     found = []
     for dirpath, dirnames, _ in os.walk(output):
         dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in big]

@@ -151,9 +151,10 @@ def _checked(report: str, rows: list[dict], workers: int) -> set[str]:
     wanted = {ref_path(rid) for r in rows if r["status"] == "ok" for rid in r["ref_ids"] or []}
     wanted |= {transfer_path(r) for r in rows if r.get("ref_match") == "same_scene" and r["ref_used"]}
     fs, base = storage.filesystem(report)
+    wanted = sorted(wanted)
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        found = pool.map(lambda p: fs.exists(f"{base.rstrip('/')}/{p}"), sorted(wanted))
-        return {p for p, ok in zip(sorted(wanted), found) if ok}
+        found = pool.map(lambda p: fs.exists(f"{base.rstrip('/')}/{p}"), wanted)
+        return {p for p, ok in zip(wanted, found) if ok}
 
 
 def make_thumbnails(out: str, rows: list[dict], workers: int = 8, listing: bool = True) -> dict:
@@ -400,8 +401,7 @@ def write_report(out: str, first_run: str | None = None, page_size: int = PAGE_S
         S.write_index(report, state, records, catalog.temp_dir(out))
         res = _finish(out, state, first_run or (state["runs"][-1][3] if state["runs"] else None))
         _remove_stale(report, state)
-    return {**res, "thumbs_made": thumbs["made"], "thumbs_reused": thumbs["reused"], "refs_made": thumbs["refs_made"],
-            "thumbs_failed": len(thumbs["failed"])}
+    return {**res, **_thumb_counts(thumbs)}
 
 
 def append_run(out: str, run_id: str, rows: list[dict], page_size: int = PAGE_SIZE, workers: int = 8) -> dict:
@@ -420,12 +420,18 @@ def append_run(out: str, run_id: str, rows: list[dict], page_size: int = PAGE_SI
             S.write_index(report, state, _append(out, state, run_id, rows, thumbs), catalog.temp_dir(out))
             replaced = S.merge_index(report, state, catalog.temp_dir(out))
             res = _finish(out, state, run_id)
-            fs, base = storage.filesystem(storage.join(report, "data"))
-            for name in replaced:  # the state naming the merged file is written: the parts can go
-                fs.rm(f"{base.rstrip('/')}/{name}")
-            return {**res, "thumbs_made": thumbs["made"], "thumbs_reused": thumbs["reused"],
-                    "refs_made": thumbs["refs_made"], "thumbs_failed": len(thumbs["failed"])}
+            S.remove_index(report, replaced)  # the state naming the merged file is written: the parts can go
+            return {**res, **_thumb_counts(thumbs)}
     return write_report(out, first_run=run_id, page_size=page_size, workers=workers)
+
+
+def _thumb_counts(thumbs: dict) -> dict:
+    return {"thumbs_made": thumbs["made"], "thumbs_reused": thumbs["reused"], "refs_made": thumbs["refs_made"],
+            "thumbs_failed": len(thumbs["failed"])}
+
+
+def _key_chunks(state: dict) -> int:
+    return -(-state["rows"] // KEY_CHUNK)
 
 
 @contextlib.contextmanager
@@ -526,7 +532,7 @@ def _finish(out: str, state: dict, first_run: str | None) -> dict:
         viewer_js=pages.VIEWER_JS, app_js=APP_JS,
         meta=pages.script_json({"total": state["rows"] - state["superseded"], "rows": state["rows"],
                                 "pageSize": state["page_size"], "keyChunk": KEY_CHUNK,
-                                "keyChunks": -(-state["rows"] // KEY_CHUNK),
+                                "keyChunks": _key_chunks(state),
                                 "runs": [r[:3] for r in state["runs"]], "first": first}),
         first_page=f'<script src="data/page-{state["runs"][first][2]:05d}.js"></script>' if state["runs"] else "")
     index = storage.join(report, "index.html")
@@ -540,7 +546,7 @@ def _remove_stale(report: str, state: dict) -> None:
     removed anyway."""
     fs, base = storage.filesystem(storage.join(report, "data"))
     index = {name for name, _ in state["index"]}
-    chunks = -(-state["rows"] // KEY_CHUNK)
+    chunks = _key_chunks(state)
     for p in fs.ls(base, detail=False) if fs.exists(base) else []:
         name = posixpath.basename(p)
         stale = ((name.startswith("page-") and name.endswith(".js") and int(name[5:10]) >= state["pages"])

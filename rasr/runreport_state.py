@@ -115,7 +115,7 @@ def hist_stats(hist: dict, decode) -> tuple[float, float, float] | None:
     if not hist:
         return None
     bins = sorted((int(k), n) for k, n in hist.items())
-    total, seen, median = sum(n for _, n in bins), 0, None
+    total, seen = sum(n for _, n in bins), 0
     lower = upper = None
     for b, n in bins:  # the median of an even count: the mean of the two middle values, as numpy's
         if lower is None and seen + n >= (total + 1) // 2:
@@ -124,8 +124,7 @@ def hist_stats(hist: dict, decode) -> tuple[float, float, float] | None:
             upper = b
             break
         seen += n
-    median = (decode(lower) + decode(upper)) / 2
-    return median, decode(bins[0][0]), decode(bins[-1][0])
+    return (decode(lower) + decode(upper)) / 2, decode(bins[0][0]), decode(bins[-1][0])
 
 
 def decode_sim(b: int) -> float:
@@ -179,3 +178,10 @@ def merge_index(report: str, state: dict, tmp: str | None) -> list[str]:
     state["index"] = [e for i, e in enumerate(state["index"]) if i not in chosen]
     write_index(report, state, table, tmp)
     return names
+
+
+def remove_index(report: str, names: list[str]) -> None:
+    """Index files no state names any more (merged into another)."""
+    fs, base = storage.filesystem(storage.join(report, "data"))
+    for name in names:
+        fs.rm(f"{base.rstrip('/')}/{name}")
