@@ -5,7 +5,7 @@ protocol) and a clean bicubic x4 downscale. Real-ESRGAN restores each once; each
 wavelet) is then applied towards the PIL-upscaled LR, as the Restorer does, and scored against the HR with
 Y-channel PSNR and SSIM computed by scikit-image (not by rasr). The decision it informs: `--color-fix auto`
 gives `realesrgan` wavelet, the fix that gains on both protocols without costing SSIM (figures and reasoning in
-rasr/colorfix.py DEFAULTS).
+rasr/restoration/colorfix.py DEFAULTS).
 
     .venv/bin/python bench/color_fix.py            # 20 photos, 256 px crops: ~2 minutes on 2 CPU cores
     .venv/bin/python bench/color_fix.py --smoke    # 2 photos, 64 px crops: seconds (run by the test suite)
@@ -39,10 +39,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-    from rasr import colorfix, samples
-    from rasr.evaluate import degrade_one
-    from rasr.generators import Restorer, load_generator
-    from rasr.images import resize_pil, to_tensor, to_uint8
+    from rasr import samples
+    from rasr.restoration import colorfix
+    from rasr.research.evaluation import degrade_one
+    from rasr.restoration.generators import Restorer, load_generator
+    from rasr.restoration.images import resize_pil, to_tensor, to_uint8
 
     names, crop = samples.photo_names(), args.crop
     if args.smoke:

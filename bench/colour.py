@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> dict:
     from PIL import Image, ImageCms
 
     from rasr import catalog, samples
-    from rasr.enhance import EnhanceWorker
-    from rasr.enhance_run import EnhanceConfig
+    from rasr.restoration.worker import EnhanceWorker
+    from rasr.restoration.enhance_run import EnhanceConfig
     from tests.icc_profiles import profile
     from tests.test_derivatives import SRGB, mean_delta_e
 

@@ -20,7 +20,8 @@ import time
 import numpy as np
 from PIL import Image
 
-from rasr import images, samples
+from rasr import samples
+from rasr.restoration import images
 
 CANDIDATES = [("png", dict(png_level=0)), ("png", dict(png_level=1)), ("png", dict(png_level=3)),
               ("png", dict(png_level=6)), ("png", dict(png_level=9)), ("webp-lossless", {}),
@@ -29,7 +30,7 @@ CANDIDATES = [("png", dict(png_level=0)), ("png", dict(png_level=1)), ("png", di
 
 def outputs(n: int, seed: int = 0, side: int = 128) -> list[np.ndarray]:
     """n Real-ESRGAN x4 outputs of `side` px crops of the bundled real photos (4 * side square each)."""
-    from rasr.generators import Restorer, load_generator
+    from rasr.restoration.generators import Restorer, load_generator
 
     rng = np.random.default_rng(seed)
     photos = [samples.as_rgb(samples.load_photo(p)) for p in samples.photo_names()]

@@ -20,9 +20,9 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 from PIL import Image
 
 from flows.evaluate import evaluate
-from rasr.evaluate import EvalConfig
+from rasr.research.evaluation import EvalConfig
 from rasr import samples
-from rasr.evaluate import prepare_hr
+from rasr.research.evaluation import prepare_hr
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -24,7 +24,7 @@ import psutil
 from PIL import Image
 
 from rasr import catalog, manifest, samples
-from rasr.evaluate import EVAL_SCHEMA
+from rasr.research.evaluation import EVAL_SCHEMA
 
 
 def make_test_set(root: str, n: int, size: int = 96) -> None:

@@ -1,6 +1,6 @@
-"""Same-scene reference transfer (rasr/transfer.py), measured end to end on real photos available offline.
+"""Same-scene reference transfer (rasr/restoration/transfer.py), measured end to end on real photos available offline.
 
-Queries are x4 LR views (clean PIL-bicubic LR, and the Real-ESRGAN degradation of rasr/degrade.py) of:
+Queries are x4 LR views (clean PIL-bicubic LR, and the Real-ESRGAN degradation of rasr/research/degrade.py) of:
 
   real        two real captures of one scene: Debian's opencv-doc examples (graf3<-graf1, aero3<-aero1,
               box_in_scene<-box, aloeL<-aloeR, leuvenB<-leuvenA, rubberwhale2<-rubberwhale1,
@@ -40,7 +40,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rasr.transfer import MIN_INLIERS
+from rasr.restoration.transfer import MIN_INLIERS
 
 OPENCV_DATA = "/usr/share/doc/opencv-doc/examples/data"
 REAL = [("graf3.png", "graf1.png"), ("aero3.jpg", "aero1.jpg"), ("box_in_scene.png", "box.png"),
@@ -129,7 +129,7 @@ def bicubic_lr(hr: np.ndarray) -> np.ndarray:
 
 
 def realesrgan_lr(hr: np.ndarray, seed: int) -> np.ndarray:
-    from rasr.evaluate import degrade_one
+    from rasr.research.evaluation import degrade_one
 
     return degrade_one(hr, seed)[0]
 
@@ -198,9 +198,9 @@ def build(root: str, quick: bool, smoke: bool = False) -> dict:
 
 def index(root: str) -> str:
     from rasr import catalog
-    from rasr.encoders import load_encoder
-    from rasr.gallery import Gallery
-    from rasr.indexer import Embedder
+    from rasr.retrieval.encoders import load_encoder
+    from rasr.retrieval.gallery import Gallery
+    from rasr.retrieval.embedding import Embedder
 
     db = os.path.join(root, "refs.lance")
     enc = load_encoder("efficientnet-lite0")
@@ -212,8 +212,8 @@ def index(root: str) -> str:
 
 def warm_features(db: str) -> tuple[int, float]:
     """Every gallery photo's features into the cache beside the gallery, as the first queries would: (n, seconds)."""
-    from rasr.gallery import Gallery
-    from rasr.transfer import FeatureCache
+    from rasr.retrieval.gallery import Gallery
+    from rasr.restoration.transfer import FeatureCache
 
     g = Gallery.open(db, "gallery")
     ids, uris, _, _ = g._load_matrix()
@@ -236,8 +236,8 @@ def write_inputs(root: str, queries: list, degradation: str) -> str:
 def enhance(inputs: str, db: str, out: str, generator: str, transfer: str, kinds: set[str]) -> tuple[dict, float]:
     """{relpath: (row, output bytes)} of one EnhanceWorker pass over the queries of `kinds`, and its wall time."""
     from rasr import catalog, storage
-    from rasr.enhance import EnhanceWorker
-    from rasr.enhance_run import EnhanceConfig
+    from rasr.restoration.worker import EnhanceWorker
+    from rasr.restoration.enhance_run import EnhanceConfig
 
     items = [i for i in catalog.list_inputs(inputs) if i.relpath.split("/")[0] in kinds]
     cfg = EnhanceConfig(generator=generator, db=db, top_k=3, reference_transfer=transfer)

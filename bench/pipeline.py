@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 import torch.nn.functional as F
 
-from rasr.generators.base import Generator
+from rasr.restoration.generators.base import Generator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -80,9 +80,9 @@ def make_inputs(folder: str, n: int, seed: int = 0, side: int = 128) -> None:
 def make_gallery(db: str) -> None:
     """The bundled photos (whole, by category) indexed with the library's own code, no engines."""
     from rasr import catalog, samples
-    from rasr.encoders import load_encoder
-    from rasr.gallery import Gallery
-    from rasr.indexer import Embedder
+    from rasr.retrieval.encoders import load_encoder
+    from rasr.retrieval.gallery import Gallery
+    from rasr.retrieval.embedding import Embedder
 
     src = os.path.join(os.path.dirname(db), "gallery-src")
     samples.write_sample(os.path.dirname(src) + "/sample")
@@ -99,8 +99,8 @@ def per_worker(inputs: str, db: str, out: str, ms: float, overlap: bool, generat
     """Run one EnhanceWorker over every input the way its actor is driven; efficiency and stage means."""
     from flows.enhance import CALL_BATCHES
     from rasr import catalog
-    from rasr.enhance import EnhanceWorker
-    from rasr.enhance_run import EnhanceConfig
+    from rasr.restoration.worker import EnhanceWorker
+    from rasr.restoration.enhance_run import EnhanceConfig
 
     items = [i for i in catalog.list_inputs(inputs)][:limit]
     cfg = EnhanceConfig(generator=generator or f"{__name__}:SleepGenerator", generator_options={} if generator else {"ms": ms},

@@ -25,7 +25,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from rasr.generators.base import Generator  # noqa: E402 - after the sys.path entry above
+from rasr.restoration.generators.base import Generator  # noqa: E402 - after the sys.path entry above
 
 
 class RandomInit(Generator):

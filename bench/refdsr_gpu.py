@@ -38,10 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 def build(name: str, device: str):
     """A full-size random-init generator on `device` (bf16), as load_diffusion_generator would serve it."""
-    from rasr.generators import sd
-    from rasr.generators.osediff import OneStepSR
-    from rasr.generators.diffusion import DiffusionGenerator
-    from rasr.generators.refdsr import RefDSR
+    from rasr.restoration.generators import sd
+    from rasr.restoration.generators.osediff import OneStepSR
+    from rasr.restoration.generators.diffusion import DiffusionGenerator
+    from rasr.restoration.generators.refdsr import RefDSR
 
     comps = sd.build_random(device=device)
     if name == "osediff":

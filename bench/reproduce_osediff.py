@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lr", help="LR folder (instead of --testset)")
     ap.add_argument("--hr", help="HR folder (instead of --testset)")
     ap.add_argument("--upstream-outputs", help="OSEDiff's own outputs for the same inputs (optional)")
-    ap.add_argument("--ram", help="RAM/DAPE export for the prompts (see rasr/tagger.py); default: no tags")
+    ap.add_argument("--ram", help="RAM/DAPE export for the prompts (see rasr/restoration/tagger.py); default: no tags")
     ap.add_argument("--precision", default="fp16", choices=("fp16", "fp32", "bf16"), help="upstream: fp16")
     ap.add_argument("--out", default="reproduce-osediff", help="where outputs and results go")
     args = ap.parse_args(argv)
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     from PIL import Image
 
     from rasr.manifest import read_manifest
-    from rasr.metrics import MetricSuite
+    from rasr.research.metrics import MetricSuite
 
     out = os.path.join(args.out, "enhanced")
     cmd = enhance_command(lr_dir, out, args)

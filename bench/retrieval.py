@@ -30,8 +30,8 @@ import pyarrow as pa
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rasr import gallery as G
-from rasr.exact_search import Hit
+from rasr.retrieval import gallery as G
+from rasr.retrieval.exact_search import Hit
 
 DIM = 1280  # efficientnet-lite0 / b0 feature size
 CENTRES = 4000
@@ -157,10 +157,10 @@ def torch_topk(mat, k: int):
 
 
 def old_gallery(db_uri: str, table: str, tmp: str):
-    """The search code before this change (git HEAD:rasr/gallery.py), forced onto its exact path."""
+    """The search code before this change (git HEAD:rasr/retrieval/gallery.py), forced onto its exact path."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
-        src = subprocess.run(["git", "show", "HEAD:rasr/gallery.py"], cwd=root, capture_output=True,
+        src = subprocess.run(["git", "show", "HEAD:rasr/retrieval/gallery.py"], cwd=root, capture_output=True,
                              text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None

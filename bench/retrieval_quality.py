@@ -9,7 +9,7 @@ scaled to at most 512 px. Per category, half is indexed (the gallery), half is q
 degradation; every figure is the mean over several seeded splits (one split moves top-1 by up to
 +-7 points on ~110 queries, so a single split cannot choose a default):
 
-    realesrgan-x4   the project's Real-ESRGAN degradation (rasr.degrade, the training pipeline), x4
+    realesrgan-x4   the project's Real-ESRGAN degradation (rasr.research.degrade, the training pipeline), x4
     x2-blur-noise-jpeg40   Gaussian blur sigma 1.5, x2 down, Gaussian noise sigma 8/255, JPEG 40
     bicubic-x4      clean x4 bicubic downscale
 
@@ -44,8 +44,8 @@ from PIL import Image, ImageFilter
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.photosets import load_photosets
-from rasr.encoders import load_encoder
-from rasr.indexer import degraded_copy, view_seed
+from rasr.retrieval.encoders import load_encoder
+from rasr.retrieval.embedding import degraded_copy, view_seed
 
 DEGRADATIONS = ("realesrgan-x4", "x2-blur-noise-jpeg40", "bicubic-x4")
 # the first is the old default (Lite0, centre crop, clean gallery), the second today's default
@@ -255,7 +255,7 @@ ENCODER_CACHE: dict[str, object] = {}
 def hygiene_sweep(g_imgs, g_cats, queries, q_cats) -> None:
     """Top-1 on the hardest degradation when every gallery photo is JPEG-compressed at quality q, or
     scaled to a short side of n px, with the default configuration (letterbox + degraded view)."""
-    from rasr.indexer import embed_views
+    from rasr.retrieval.embedding import embed_views
 
     enc = load_encoder("efficientnet-lite0", device="cpu")
     enc.preprocessing = "letterbox"

@@ -2,7 +2,7 @@
 
 Each archive is what years of nights leave under OUTPUT, built at its size with the project's own writers: the
 run state compacted into rollups (rasr/runstate.py), the manifest (one Parquet file per shard of 64 inputs), the
-results page with its row index (appended run by run, rasr/runreport.py) and a run summary. The night itself is
+results page with its row index (appended run by run, rasr/results/results_page.py) and a run summary. The night itself is
 the real command, in a fresh process: `rasr enhance INPUT OUTPUT --generator bicubic --input-list KEYS` on NEW
 tiny crops of real photos (scikit-image, scikit-learn), through Prefect and Ray, then compaction and the page.
 Measured per night: wall time, the command's peak RSS (VmHWM: the process that plans, reads the state and writes
@@ -44,7 +44,7 @@ CROP = 32
 
 
 def night_config():
-    from rasr.enhance_run import EnhanceConfig
+    from rasr.restoration.enhance_run import EnhanceConfig
 
     return EnhanceConfig(generator="bicubic")
 
@@ -53,7 +53,8 @@ def build(out: str, inp: str, archive: int) -> None:
     """The state `archive` enhanced inputs leave under `out` (old enough to have been compacted)."""
     import pyarrow as pa
 
-    from rasr import catalog, manifest, runlog, runreport, runstate, storage
+    from rasr import catalog, manifest, runlog, runstate, storage
+    from rasr.results import results_page
 
     cfg_hash = night_config().hash()
     when = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3)
@@ -86,7 +87,7 @@ def build(out: str, inp: str, archive: int) -> None:
             list(pool.map(lambda part: manifest.write_rows(
                 manifest.shard_table_uri(out, catalog.MANIFEST_DIR, part[0]["shard_id"]), part, tmp_dir=tmp),
                 [rows[s:s + SHARD] for s in range(0, len(rows), SHARD)]))
-        runreport.append_run(out, f"old{lo // RUN_ROWS}", rows, workers=16)  # rows with no sprite to make
+        results_page.append_run(out, f"old{lo // RUN_ROWS}", rows, workers=16)  # rows with no sprite to make
     runlog.write_run(out, {"run_id": "old", "input": "archive", "generator": "bicubic", "processed": archive,
                            "ok": archive, "started_at": when})
 

@@ -35,7 +35,7 @@ def write_dataset(root: str, crop: int) -> None:
     from skimage import data
 
     from rasr import storage
-    from rasr.dataset import DATASET_SCHEMA
+    from rasr.research.dataset import DATASET_SCHEMA
 
     paths = []
     for name in ("astronaut", "chelsea", "coffee", "rocket"):
@@ -53,9 +53,9 @@ def build(tiny: bool, device: str, root: str):
     """Random-init RefDSR (new branch) and a TrainingLoss with random VGG16 and DINOv2-small backbones."""
     from transformers import Dinov2Config, Dinov2Model
 
-    from rasr.generators import sd
-    from rasr.generators.refdsr import RefDSR
-    from rasr.losses import PAPER_WEIGHTS, TrainingLoss
+    from rasr.restoration.generators import sd
+    from rasr.restoration.generators.refdsr import RefDSR
+    from rasr.research.losses import PAPER_WEIGHTS, TrainingLoss
 
     if tiny:
         from tests.tiny_sd import TINY_TEXT, TINY_UNET, TINY_VAE
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit("bench/train_gpu.py needs a CUDA GPU (or --tiny for a CPU check of the code path)")
     device = "cpu" if args.tiny else "cuda"
     crop = 64 if args.tiny else args.crop
-    from rasr.train import TrainConfig, Trainer
+    from rasr.research.train import TrainConfig, Trainer
 
     with tempfile.TemporaryDirectory() as root:
         write_dataset(root, max(crop, 128))

@@ -15,10 +15,10 @@ import time
 import click
 
 from flows._cli import EXIT_PARTIAL, build, config_options, fail, must_exist, print_summary
-from rasr.enhance_run import EnhanceConfig
-from rasr.generators import GeneratorOptions
-from rasr.indexer import IndexConfig
-from rasr.search import SearchConfig
+from rasr.restoration.enhance_run import EnhanceConfig
+from rasr.restoration.generators import GeneratorOptions
+from rasr.retrieval.embedding import IndexConfig
+from rasr.retrieval.search import SearchConfig
 from tasks.cluster import Cluster
 
 
@@ -120,7 +120,7 @@ def index(gallery, db, **opts) -> None:
     if summary.get("upgrade_hint"):
         click.echo(f"note: {summary['upgrade_hint']}", err=True)
     if not summary.get("rows"):
-        from rasr.gallery import empty_warning
+        from rasr.retrieval.gallery import empty_warning
 
         click.echo(f"warning: {empty_warning(db, summary.get('table'), summary.get('failed', 0))}", err=True)
     print_summary("index summary", summary, ["table", "files", "embedded", "deleted", "unchanged", "failed",
@@ -173,9 +173,9 @@ def search(images, db, as_json, out, **opts) -> None:
         sys.exit(EXIT_PARTIAL if s["failed"] else 0)
     import hashlib
 
-    from rasr import images as I
-    from rasr.encoders import load_encoder
-    from rasr.gallery import Gallery
+    from rasr.restoration import images as I
+    from rasr.retrieval.encoders import load_encoder
+    from rasr.retrieval.gallery import Gallery
 
     try:
         data = storage.read_bytes(images[0])
@@ -207,7 +207,7 @@ def enhance(input, output, **opts) -> None:
     shard. Re-running skips finished shards; a crashed run resumes where it stopped."""
     # Checked and planned before Prefect or Ray start: a mistake is reported at once, and a rerun with
     # nothing new finishes without starting any engine or loading any model.
-    from rasr import enhance_run as E
+    from rasr.restoration import enhance_run as E
 
     cfg = build(EnhanceConfig, opts, generator_options=build(GeneratorOptions, opts).as_dict())
     cluster = build(Cluster, opts)
@@ -256,7 +256,7 @@ def enhance(input, output, **opts) -> None:
 
 def _warn_if_empty(db: str, table: str | None) -> None:
     """A line on stderr when the gallery holds no photo (a warning: the run itself goes on)."""
-    from rasr.gallery import empty_warning
+    from rasr.retrieval.gallery import empty_warning
 
     try:
         warning = empty_warning(db, table)
@@ -280,7 +280,7 @@ def report(output, first_run) -> None:
     must_exist(output, "output")
     if not storage.exists(storage.join(output, catalog.MANIFEST_DIR)):
         raise click.UsageError(f"{storage.redact(output)} has no manifest: give the OUTPUT folder of `rasr enhance`")
-    from rasr.runreport import write_report
+    from rasr.results.results_page import write_report
 
     try:
         res = write_report(output, first_run=first_run)

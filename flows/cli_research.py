@@ -9,12 +9,12 @@ import sys
 import click
 
 from flows._cli import EXIT_PARTIAL, build, config_options, fail, must_exist, print_summary
-from rasr.dataset import DatasetConfig
-from rasr.evaluate import EvalConfig
-from rasr.generators import GeneratorOptions
-from rasr.losses import PAPER_WEIGHTS, TERMS
-from rasr.metrics import ScoreConfig
-from rasr.train import TrainConfig
+from rasr.research.dataset import DatasetConfig
+from rasr.research.evaluation import EvalConfig
+from rasr.restoration.generators import GeneratorOptions
+from rasr.research.losses import PAPER_WEIGHTS, TERMS
+from rasr.research.metrics import ScoreConfig
+from rasr.research.train import TrainConfig
 from tasks.cluster import Cluster, TrainScaling
 
 

@@ -16,9 +16,9 @@ from flows._setup import flow, flow_setup
 from flows._summary import publish_summary
 from flows.index import index_gallery
 from rasr import catalog, storage
-from rasr.dataset import DATASET_SCHEMA, DatasetConfig, split_category
-from rasr.gallery import table_name
-from rasr.indexer import IndexConfig
+from rasr.research.dataset import DATASET_SCHEMA, DatasetConfig, split_category
+from rasr.retrieval.gallery import table_name
+from rasr.retrieval.embedding import IndexConfig
 from tasks.actors import DatasetActor, actor_pool
 from tasks.cluster import Cluster
 

@@ -18,8 +18,10 @@ from prefect import get_run_logger
 
 from flows._setup import flow, flow_setup
 from flows._summary import publish_summary
-from rasr import catalog, images, manifest, runlog, runreport, storage
-from rasr.enhance_run import EnhanceConfig, check_inputs, output_for, plan
+from rasr import catalog, manifest, runlog, storage
+from rasr.restoration import images
+from rasr.results import results_page
+from rasr.restoration.enhance_run import EnhanceConfig, check_inputs, output_for, plan
 from tasks.actors import EnhanceActor
 from tasks.cluster import Cluster
 from tasks.shards import process_shards
@@ -35,7 +37,7 @@ def enhance_archive(input: str, output: str, config: EnhanceConfig | None = None
                     show_progress: bool = False, listing: str | None = None) -> dict:
     """Enhance every new input under `input` into `output` (local folder or s3:// prefix).
 
-    config: what to produce and how (rasr.enhance_run.EnhanceConfig); cluster: where the actors run.
+    config: what to produce and how (rasr.restoration.enhance_run.EnhanceConfig); cluster: where the actors run.
     since: only inputs modified at or after this epoch time are considered (the nightly watermark).
     listing: a listing of `input` this run already made (catalog.write_items; the CLI's, which removes it), used
     instead of listing again."""
@@ -54,7 +56,7 @@ def enhance_archive(input: str, output: str, config: EnhanceConfig | None = None
     log.info(f"{len(items)} inputs, {len(items) - todo} already done, {todo} to enhance in {len(shards)} shards")
     warnings = []
     if cfg.db and shards:
-        from rasr.gallery import empty_warning
+        from rasr.retrieval.gallery import empty_warning
 
         if warning := empty_warning(cfg.db, cfg.table):
             log.warning(warning)
@@ -91,7 +93,7 @@ def enhance_archive(input: str, output: str, config: EnhanceConfig | None = None
             runlog.write_run(output, {**summary, "started_at": started, "config": cfg.identity(),
                                       "shard_errors": [f["error"] for f in failures]})
             compact_state(output, run_id)
-            page = results_page(output, run_id, rows)
+            page = append_results_page(output, run_id, rows)
             if page:
                 summary["report"] = storage.redact(page)
             publish_summary("enhance-summary", summary, errors=errors, title=f"Enhance run {run_id}",
@@ -123,11 +125,11 @@ def compact_state(output: str, run_id: str) -> None:
         get_run_logger().warning(f"run state not compacted: {storage.redact(f'{e.__class__.__name__}: {e}')}")
 
 
-def results_page(output: str, run_id: str, rows: list[dict]) -> str | None:
+def append_results_page(output: str, run_id: str, rows: list[dict]) -> str | None:
     """Add this run's rows to OUTPUT/report/, shown first; returns its index.html, or None when it could not be
     written (a warning: the page is a view of finished work, never a reason to fail it)."""
     try:
-        return runreport.append_run(output, run_id, rows)["report"]
+        return results_page.append_run(output, run_id, rows)["report"]
     except Exception as e:  # noqa: BLE001 - the page is a view of finished work, never a failure
         get_run_logger().warning(f"results page not written: {storage.redact(f'{e.__class__.__name__}: {e}')}")
         return None

@@ -16,9 +16,11 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows._setup import flow, flow_setup
 from flows._summary import publish_summary
-from rasr import catalog, evalsets, report, runlog, storage
-from rasr.evaluate import EVAL_SCHEMA, REF_MODES, RETRIEVAL_DIR, RETRIEVAL_SCHEMA, EvalConfig
-from rasr.metrics import ScoreConfig
+from rasr import catalog, runlog, storage
+from rasr.research import evaluation_run
+from rasr.results import evaluation_report
+from rasr.research.evaluation import EVAL_SCHEMA, REF_MODES, RETRIEVAL_DIR, RETRIEVAL_SCHEMA, EvalConfig
+from rasr.research.metrics import ScoreConfig
 from tasks.actors import EvalActor
 from tasks.cluster import Cluster
 from tasks.shards import process_shards
@@ -42,10 +44,10 @@ def evaluate(hr: str, out: str, config: EvalConfig | None = None, cluster: Clust
     items = [i for i in catalog.list_inputs(hr) if i.is_image]
     if not items:
         raise ValueError(f"no images under {storage.redact(hr)}")
-    enc_status, extra_encoders, primary = evalsets.encoder_status(cfg.db, cfg.table, list(cfg.encoders))
+    enc_status, extra_encoders, primary = evaluation_run.encoder_status(cfg.db, cfg.table, list(cfg.encoders))
     cfg = dataclasses.replace(cfg, encoders=extra_encoders,
-                              pairs=evalsets.read_pairs(cfg.pairs_file, items) if cfg.pairs_file else {},
-                              lr_files=evalsets.match_lr(cfg.lr_dir, items) if cfg.lr_dir else {})
+                              pairs=evaluation_run.read_pairs(cfg.pairs_file, items) if cfg.pairs_file else {},
+                              lr_files=evaluation_run.match_lr(cfg.lr_dir, items) if cfg.lr_dir else {})
     cfg_hash = cfg.hash()
     planned_at = time.time()
     done = catalog.covered(catalog.done_markers(out), cfg_hash)
@@ -57,7 +59,7 @@ def evaluate(hr: str, out: str, config: EvalConfig | None = None, cluster: Clust
         EvalActor, vars(cfg), shards, out, run_id, cfg_hash, schemas, 1, "evaluating", show_progress, cluster,
         planned_at=planned_at)
 
-    rows, summary, status, table1, table5 = evalsets.write_results(out, items, cfg, enc_status, primary)
+    rows, summary, status, table1, table5 = evaluation_run.write_results(out, items, cfg, enc_status, primary)
 
     failed = rows[rows["status"] == "error"]
     info = {"run_id": run_id, "hr": storage.redact(hr), "out": storage.redact(out), "images": len(items),
@@ -86,11 +88,11 @@ def score_folder(pred: str, gt: str, out: str | None = None, config: ScoreConfig
     cfg = config or ScoreConfig()
     flow_setup(cfg)
     names = list(cfg.metrics)
-    pairs, unmatched = evalsets.pair_by_name(pred, gt)
-    df, status = evalsets.score_pairs(pairs, names, cfg.crop_border,
+    pairs, unmatched = evaluation_run.pair_by_name(pred, gt)
+    df, status = evaluation_run.score_pairs(pairs, names, cfg.crop_border,
                                       lambda it: tqdm(it, desc="scoring", unit="img", disable=not show_progress))
-    means, summary = evalsets.score_summary(df, status, names, pred, gt)
-    table = report.table1_markdown(summary, {**status}, None)
+    means, summary = evaluation_run.score_summary(df, status, names, pred, gt)
+    table = evaluation_report.table1_markdown(summary, {**status}, None)
     result = {"pairs": len(pairs), "unmatched": unmatched, "failed": int((df["status"] == "error").sum()),
               "means": means, "status": status, "table": table,
               "notes": [f"{r['image']}: {r['notes']}" for r in df.to_dict("records") if r.get("notes")]}

@@ -15,9 +15,9 @@ from prefect import get_run_logger
 from flows._setup import flow, flow_setup
 from flows._summary import publish_summary
 from rasr import catalog, storage
-from rasr.encoders import DEFAULT_ENCODER, load_encoder
-from rasr.gallery import Gallery, table_encoder
-from rasr.indexer import IndexConfig, hygiene, plan_index
+from rasr.retrieval.encoders import DEFAULT_ENCODER, load_encoder
+from rasr.retrieval.gallery import Gallery, table_encoder
+from rasr.retrieval.embedding import IndexConfig, hygiene, plan_index
 from rasr.locks import gallery_lock
 from tasks import progress
 from tasks.actors import EmbedActor, actor_pool

@@ -19,7 +19,7 @@ from prefect import get_run_logger
 from flows._setup import flow, flow_setup
 from flows.enhance import enhance_archive
 from rasr import storage
-from rasr.enhance_run import EnhanceConfig, output_for
+from rasr.restoration.enhance_run import EnhanceConfig, output_for
 from tasks.cluster import Cluster
 
 WATERMARK = "_state/watermark.json"

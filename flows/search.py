@@ -10,8 +10,9 @@ from dataclasses import asdict
 
 from flows._setup import flow, flow_setup
 from flows._summary import publish_summary
-from rasr import catalog, search, storage
-from rasr.search import SearchConfig
+from rasr import catalog, storage
+from rasr.retrieval import search
+from rasr.retrieval.search import SearchConfig
 from tasks import progress
 from tasks.actors import SearchActor, actor_pool
 from tasks.cluster import Cluster

@@ -18,7 +18,7 @@ from prefect import get_run_logger
 from flows._setup import flow, flow_setup
 from flows._summary import publish_summary
 from rasr import storage
-from rasr.train import TrainConfig, Trainer, latest_checkpoint
+from rasr.research.train import TrainConfig, Trainer, latest_checkpoint
 from tasks.cluster import TrainScaling
 from tasks.runtime import init_ray
 

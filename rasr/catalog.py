@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from rasr import storage
-from rasr.images import IMAGE_EXTENSIONS
+from rasr.restoration.images import IMAGE_EXTENSIONS
 from rasr.listing import list_files
 
 DONE_DIR = "_done"  # rasr/runstate.py: loose markers and their rollups

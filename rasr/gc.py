@@ -15,7 +15,8 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from rasr import catalog, manifest, runreport, runstate, storage
+from rasr import catalog, manifest, runstate, storage
+from rasr.results import results_page
 
 TEMP_MAX_AGE_S = 3600.0
 
@@ -60,7 +61,7 @@ def _old_temp_files(output: str) -> list[str]:
         return []  # object stores write whole objects: nothing half-written to collect
     # where writes are staged (catalog.temp_dir: every image, thumbnail, manifest and marker write), and the small
     # folders whose writers may stage next to the file; never a walk of the images or thumbnails (the archive's size)
-    big = {os.path.join(output, catalog.IMAGES_DIR), os.path.join(output, runreport.REPORT_DIR, "thumbs")}
+    big = {os.path.join(output, catalog.IMAGES_DIR), os.path.join(output, results_page.REPORT_DIR, "thumbs")}
     found = []
     for dirpath, dirnames, _ in os.walk(output):
         dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in big]
@@ -93,8 +94,8 @@ def collect(output: str, stale: Stale) -> dict:
     for path in stale.temp_files:
         storage.remove(path)
     page = False
-    if stale.rows and storage.exists(storage.join(output, runreport.REPORT_DIR, "index.html")):
-        runreport.write_report(output)  # 4. the results page anew (nights only append to it)
+    if stale.rows and storage.exists(storage.join(output, results_page.REPORT_DIR, "index.html")):
+        results_page.write_report(output)  # 4. the results page anew (nights only append to it)
         page = True
     return {"inputs": len(gone), "rows": len(stale.rows), "images": removed, "temp_files": len(stale.temp_files),
             "page_rewritten": page}

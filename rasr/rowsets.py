@@ -1,6 +1,6 @@
 """Sets of immutable Parquet files sorted by one key column: read by key a row group at a time, merged by size.
 
-The run state (rasr/runstate.py) and the results page's row index (rasr/runreport.py) keep what an archive has
+The run state (rasr/runstate.py) and the results page's row index (rasr/results/results_page.py) keep what an archive has
 done this way, so a night's reads follow the night's keys, not the archive:
 
 - a file is written once, sorted by its key (`relpath`), in row groups of ROW_GROUP rows; a reader asking for a

@@ -93,8 +93,8 @@ class EnhanceActor(_Located):
 
     def __init__(self, cfg: dict, cpus: float):
         _threads(cpus)
-        from rasr.enhance import EnhanceWorker
-        from rasr.enhance_run import EnhanceConfig
+        from rasr.restoration.worker import EnhanceWorker
+        from rasr.restoration.enhance_run import EnhanceConfig
 
         self.worker = EnhanceWorker(EnhanceConfig(**cfg), io_threads=max(2, min(16, int(round(2 * cpus)))))
 
@@ -110,7 +110,7 @@ class EvalActor(_Located):
 
     def __init__(self, cfg: dict, cpus: float):
         _threads(cpus)
-        from rasr.evaluate import EvalConfig, EvalWorker
+        from rasr.research.evaluation import EvalConfig, EvalWorker
 
         self.worker = EvalWorker(EvalConfig(**cfg))
 
@@ -127,8 +127,8 @@ class EmbedActor(_Located):
     def __init__(self, encoder: str, weights: str | None, max_pixels: int, cpus: float, batch_size: int = 32,
                  preprocessing: str = "crop", views: str = "clean", min_side: int = 0):
         _threads(cpus)
-        from rasr.encoders import load_encoder
-        from rasr.indexer import Embedder
+        from rasr.retrieval.encoders import load_encoder
+        from rasr.retrieval.embedding import Embedder
 
         self.embedder = Embedder(load_encoder(encoder, weights=weights, batch_size=batch_size), max_pixels,
                                  preprocessing, views, min_side)
@@ -152,7 +152,7 @@ class SearchActor(_Located):
 
     def __init__(self, db: str, table: str | None, encoder_weights: str | None, cpus: float):
         _threads(cpus)
-        from rasr.search import Searcher
+        from rasr.retrieval.search import Searcher
 
         self.searcher = Searcher(db, table, encoder_weights)
 
@@ -168,13 +168,13 @@ class DatasetActor(_Located):
 
     def __init__(self, db: str, table: str, cpus: float):
         _threads(cpus)
-        from rasr.search import Searcher
+        from rasr.retrieval.search import Searcher
 
         self.searcher = Searcher(db, table)
 
     def samples(self, splits: dict, cfg: dict, out: str) -> tuple[list[dict], list[dict]]:
         from rasr.catalog import Item
-        from rasr.dataset import DatasetConfig, samples
+        from rasr.research.dataset import DatasetConfig, samples
 
         splits = {c: {k: [Item(**i) for i in v] for k, v in sp.items()} for c, sp in splits.items()}
         return samples(splits, DatasetConfig(**cfg), out, self.searcher.retrieve)

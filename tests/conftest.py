@@ -165,8 +165,8 @@ def tree_snapshot(root: str) -> dict[str, tuple[int, int, str]]:
 @pytest.fixture(scope="session")
 def tiny_diffusion(tmp_path_factory) -> dict[str, str]:
     """Tiny SD-2.1-layout folder + OSEDiff pkl + a (perturbed) RefDSR branch, saved where users keep them."""
-    from rasr.generators.diffusion import build_model
-    from rasr.generators.refdsr import RefDSR
+    from rasr.restoration.generators.diffusion import build_model
+    from rasr.restoration.generators.refdsr import RefDSR
     from tests.tiny_sd import build_tiny, make_fake_osediff_pkl, perturb_branch, save_tiny
 
     root = tmp_path_factory.mktemp("tiny-sd")
@@ -183,7 +183,7 @@ def tiny_diffusion(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def niqe_prior():
     """NIQE's prior (packaged with rasr) as the .mat pyiqa reads, in the session cache."""
-    from rasr import niqe_prior as prior
+    from rasr.research import niqe_prior as prior
 
     return prior.prior_file()
 

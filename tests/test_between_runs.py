@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from rasr import enhance_run
+from rasr.restoration import enhance_run
 from rasr.manifest import read_manifest
 from rasr.samples import as_rgb, load_photo, photo_names
 from tests.test_cli import summary_of
@@ -178,8 +178,8 @@ def test_reruns_after_edits_settle(env, tmp_path):
 def test_rows_record_the_gallery_version_and_a_reindex_redoes_nothing(flows_env, sample_dirs, tmp_path):
     from flows.enhance import enhance_archive
     from flows.index import index_gallery
-    from rasr.enhance_run import EnhanceConfig
-    from rasr.gallery import Gallery
+    from rasr.restoration.enhance_run import EnhanceConfig
+    from rasr.retrieval.gallery import Gallery
 
     gallery = tmp_path / "gallery"
     src = sample_dirs["gallery"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from rasr.gallery import Gallery
+from rasr.retrieval.gallery import Gallery
 from rasr.manifest import read_manifest
 from tests.test_cli import summary_of
 from tests.test_deploy import free_port

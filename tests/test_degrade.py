@@ -1,4 +1,4 @@
-"""Real-ESRGAN degradation pipeline (rasr.degrade) and the torch JPEG round trip (rasr.jpeg).
+"""Real-ESRGAN degradation pipeline (rasr.research.degrade) and the torch JPEG round trip (rasr.restoration.jpeg).
 
 Stage tests force one stage through config overrides on a "quiet" config (every other stage close
 to identity, scale 1 unless the stage needs 4) and compare the output with the same op rebuilt from
@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from rasr import degrade as D
-from rasr.jpeg import jpeg, quant_tables, rgb_to_ycbcr
+from rasr.research import degrade as D
+from rasr.restoration.jpeg import jpeg, quant_tables, rgb_to_ycbcr
 
 
 def as_tensor(img: np.ndarray) -> torch.Tensor:

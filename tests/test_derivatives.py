@@ -15,8 +15,8 @@ import pytest
 from PIL import Image, ImageCms, IptcImagePlugin
 
 from rasr import catalog
-from rasr.enhance import EnhanceWorker
-from rasr.enhance_run import EnhanceConfig
+from rasr.restoration.worker import EnhanceWorker
+from rasr.restoration.enhance_run import EnhanceConfig
 from tests.icc_profiles import profile
 
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
@@ -246,7 +246,7 @@ def ramp16(h: int = 48, w: int = 64) -> np.ndarray:
 @pytest.mark.parametrize("fmt", ["png", "tiff"])
 def test_16_bit_inputs_give_16_bit_outputs(tmp_path, fmt):
     import tifffile
-    from rasr import formats
+    from rasr.restoration import formats
 
     (tmp_path / "in").mkdir()
     rgb = ramp16()
@@ -267,7 +267,7 @@ def test_16_bit_inputs_give_16_bit_outputs(tmp_path, fmt):
 
 
 def test_16_bit_into_a_lossy_format_says_so(tmp_path):
-    from rasr import formats
+    from rasr.restoration import formats
 
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "ramp.png").write_bytes(formats.png16(ramp16()))
@@ -301,7 +301,7 @@ def dng(photo: Image.Image) -> bytes:
 def test_avif_heic_and_raw_are_enhanced(photo, tmp_path):
     import pillow_heif
 
-    from rasr import formats
+    from rasr.restoration import formats
 
     assert formats.register_plugins() == {"heif": "ok", "jxl": "ok"}  # installed by the project's own files
     (tmp_path / "in").mkdir()
@@ -321,7 +321,7 @@ def test_avif_heic_and_raw_are_enhanced(photo, tmp_path):
 
 
 def test_a_missing_codec_is_a_row_with_the_install_command(photo, tmp_path, monkeypatch):
-    from rasr import formats
+    from rasr.restoration import formats
 
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "p.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
@@ -333,7 +333,7 @@ def test_a_missing_codec_is_a_row_with_the_install_command(photo, tmp_path, monk
 # ---- 6. evaluation pairs outputs again -----------------------------------------------------------------------
 
 def test_metrics_pair_enhance_outputs_with_their_ground_truth(photo, tmp_path):
-    from rasr import evalsets
+    from rasr.research import evaluation_run
 
     gt, lr = tmp_path / "gt", tmp_path / "lr"
     for d in (gt, lr, gt / "cats", lr / "cats"):
@@ -344,7 +344,7 @@ def test_metrics_pair_enhance_outputs_with_their_ground_truth(photo, tmp_path):
     rows = enhance(lr, tmp_path / "out")
     assert "~" in rows["cats/IMG_1.JPG"]["output_uri"]  # a hash tag in the name, and the appended extension
     for folder in (tmp_path / "out" / "images", tmp_path / "out"):
-        pairs, unmatched = evalsets.pair_by_name(str(folder), str(gt))
+        pairs, unmatched = evaluation_run.pair_by_name(str(folder), str(gt))
         assert sorted((os.path.basename(p.uri), g.relpath) for p, g in pairs) == sorted([
             ("a.png.png", "a.png"), (os.path.basename(rows["cats/IMG_1.JPG"]["output_uri"]), "cats/IMG_1.JPG")])
         assert unmatched == []
@@ -365,8 +365,8 @@ def test_colour_bench_runs():
 
 def test_references_used_are_c2pa_ingredients(photo, tmp_path):
     """A reference-guided output names the reference whose pixels it used (componentOf) beside its source."""
-    from rasr.credentials import Signer, read_manifest
-    from rasr.metadata import Provenance
+    from rasr.restoration.credentials import Signer, read_manifest
+    from rasr.restoration.metadata import Provenance
 
     cert, key = throwaway_certificate(str(tmp_path))
     src, ref, out = io.BytesIO(), io.BytesIO(), io.BytesIO()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rasr import samples
-from rasr.encoders import load_encoder
+from rasr.retrieval.encoders import load_encoder
 from rasr.weights import WeightsNotFound
 
 CAT_CLASSES = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -98,7 +98,7 @@ def test_lite1_and_lite2_weights_are_pretrained_imagenet(variant, chelsea, photo
 def test_preprocessing_keeps_what_it_promises(mode):
     """letterbox and squash keep the whole photo: a mark in the corner of a 3:1 image survives them, and
     the centre crop drops it."""
-    from rasr.encoders import preprocess
+    from rasr.retrieval.encoders import preprocess
 
     img = np.zeros((100, 300, 3), np.uint8)
     img[:, :20] = 255  # a white band at the left edge

@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from flows.enhance import enhance_archive
-from rasr.generators import load_generator
+from rasr.restoration.generators import load_generator
 from rasr.manifest import read_manifest
 from tasks.cluster import Cluster
-from rasr.enhance_run import EnhanceConfig
+from rasr.restoration.enhance_run import EnhanceConfig
 
 THRESHOLD = 0.75  # the sample's six photos find references at 0.67-0.84: three on each side
 

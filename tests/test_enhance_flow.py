@@ -10,7 +10,7 @@ from rasr import manifest
 from rasr.manifest import read_manifest
 from tests.badinputs import PIXEL_LIMIT, write_bad_inputs
 from tests.conftest import tree_snapshot
-from rasr.enhance_run import EnhanceConfig
+from rasr.restoration.enhance_run import EnhanceConfig
 
 
 def odd_archive(folder):

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 
-from rasr import catalog, evalsets
+from rasr import catalog
+from rasr.research import evaluation_run
 
 
 def write(path, rgb):
@@ -23,14 +24,14 @@ def test_pairs_csv_matches_by_path_stem_or_file_name_and_resolves_relative_refs(
     csv_path = tmp_path / "pairs" / "pairs.csv"
     csv_path.parent.mkdir()
     csv_path.write_text("image,ref\nanimals/cat,refs/a.png\ncup.png,/abs/b.png\n")
-    pairs = evalsets.read_pairs(str(csv_path), items)
+    pairs = evaluation_run.read_pairs(str(csv_path), items)
     assert pairs == {"animals/cat.png": str(tmp_path / "pairs" / "refs" / "a.png"), "food/cup.png": "/abs/b.png"}
     csv_path.write_text("image,ref\ndog.png,x.png\n")
     with pytest.raises(ValueError, match="'dog.png' is not in the test set"):
-        evalsets.read_pairs(str(csv_path), items)
+        evaluation_run.read_pairs(str(csv_path), items)
     csv_path.write_text("img,reference\n")
     with pytest.raises(ValueError, match="columns image,ref"):
-        evalsets.read_pairs(str(csv_path), items)
+        evaluation_run.read_pairs(str(csv_path), items)
 
 
 def test_lr_files_match_by_relative_path_without_extension(tmp_path, chelsea):
@@ -39,9 +40,9 @@ def test_lr_files_match_by_relative_path_without_extension(tmp_path, chelsea):
     write(hr / "a" / "y.png", chelsea[:32, :32])
     write(lr / "a" / "x.jpg", chelsea[:8, :8])
     items = [i for i in catalog.list_inputs(str(hr)) if i.is_image]
-    assert evalsets.match_lr(str(lr), items) == {"a/x.png": str(lr / "a" / "x.jpg")}
+    assert evaluation_run.match_lr(str(lr), items) == {"a/x.png": str(lr / "a" / "x.jpg")}
     with pytest.raises(ValueError, match="no LR file"):
-        evalsets.match_lr(str(lr), [i for i in items if i.relpath == "a/y.png"])
+        evaluation_run.match_lr(str(lr), [i for i in items if i.relpath == "a/y.png"])
 
 
 def test_scoring_by_name_agrees_with_scikit_image(tmp_path, chelsea):
@@ -51,14 +52,14 @@ def test_scoring_by_name_agrees_with_scikit_image(tmp_path, chelsea):
     write(gt / "cats" / "c.png", clean)
     write(pred / "c.png", noisy)          # matched by file name
     write(pred / "stray.png", noisy)      # no ground truth
-    pairs, unmatched = evalsets.pair_by_name(str(pred), str(gt))
+    pairs, unmatched = evaluation_run.pair_by_name(str(pred), str(gt))
     assert [(p.relpath, g.relpath) for p, g in pairs] == [("c.png", "cats/c.png")] and unmatched == ["stray.png"]
-    df, status = evalsets.score_pairs(pairs, ["psnr"], crop_border=0)
+    df, status = evaluation_run.score_pairs(pairs, ["psnr"], crop_border=0)
     assert status["psnr"] == "ok" and df.loc[0, "status"] == "ok"
     # PSNR on the Y channel (BT.601), as the paper's protocol: scikit-image on the same Y planes
     def y(rgb):
         return (16 + (65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]) / 255) / 255
     expected = peak_signal_noise_ratio(y(clean / 1.0), y(noisy / 1.0), data_range=1.0)
     assert df.loc[0, "psnr"] == pytest.approx(expected, abs=1e-3)
-    means, summary = evalsets.score_summary(df, status, ["psnr"], str(pred), str(gt))
+    means, summary = evaluation_run.score_summary(df, status, ["psnr"], str(pred), str(gt))
     assert means["psnr"] == pytest.approx(df["psnr"].mean()) and int(summary.loc[0, "images"]) == 1

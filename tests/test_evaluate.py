@@ -14,8 +14,8 @@ from PIL import Image
 
 from flows.evaluate import evaluate, score_folder
 from rasr import catalog, manifest
-from rasr.evaluate import EVAL_SCHEMA, EvalConfig, prepare_hr
-from rasr.metrics import ScoreConfig
+from rasr.research.evaluation import EVAL_SCHEMA, RETRIEVAL_SCHEMA, EvalConfig, prepare_hr
+from rasr.research.metrics import ScoreConfig
 from rasr.samples import as_rgb, load_photo
 from tests import browser
 
@@ -66,7 +66,7 @@ def test_per_image_parquet(result):
     assert set(errors["ref_mode"]) == {"given"} and errors["error"].str.contains("pairs CSV").all()
     assert ok["psnr"].between(10, 60).all() and ok["ssim"].between(0, 1).all()
     assert ok["lpips"].isna().all()  # unavailable here: None, never a made-up number
-    assert ok["niqe"].notna().all()  # the prior is fetched by setup (python -m rasr.niqe_prior)
+    assert ok["niqe"].notna().all()  # the prior is fetched by setup (python -m rasr.research.niqe_prior)
     assert (ok["width"] == 128).all() and ok["restore_ms"].gt(0).all()
     given = ok[ok["ref_mode"] == "given"].iloc[0]
     assert given["relpath"] == "animals/chelsea.png" and given["ref_uri"].endswith("coffee.png")
@@ -104,7 +104,7 @@ def test_table5_retrieval_encoders(result):
     assert "no table gallery__efficientnet_lite0" in row["efficientnet-lite0"]
     assert "--encoder efficientnet-lite0" in row["efficientnet-lite0"]
     assert "%" in row["efficientnet-lite1"] and "%" in row["random"]
-    retrieval = manifest.read_table(str(out), "retrieval", __import__("rasr.evaluate", fromlist=["x"]).RETRIEVAL_SCHEMA)
+    retrieval = manifest.read_table(str(out), "retrieval", RETRIEVAL_SCHEMA)
     assert set(retrieval.column("encoder").to_pylist()) == {"efficientnet-lite1", "random"}
 
 
@@ -149,7 +149,7 @@ def test_report_renders_in_headless_chromium(result, tmp_path):
 
 
 def test_html_tables_mark_the_best_colour_deltas_and_note_missing_files():
-    from rasr import report
+    from rasr.results import evaluation_report
 
     summary = pd.DataFrame([
         {"method": "bicubic", "ref_mode": "none", "images": 4, "psnr": 25.4, "ssim": 0.62, "lpips": None, "niqe": 11.1},
@@ -159,7 +159,7 @@ def test_html_tables_mark_the_best_colour_deltas_and_note_missing_files():
     missing = "/hub/checkpoints/alexnet-owt-7be5be79.pth is missing (copy it from https://download.pytorch.org/a.pth)"
     status = {"psnr": "ok", "ssim": "ok", "lpips": f"unavailable: {missing} - folders follow $TORCH_HOME/hub",
               "niqe": "ok", "fid": f"unavailable: {missing.replace('alexnet', 'inception')}"}
-    t = report.table1_html(summary, status, "bicubic")
+    t = evaluation_report.table1_html(summary, status, "bicubic")
     rows = re.findall(r"<tr.*?</tr>", t, re.S)
     cells = [re.findall(r"<t[dh]( class=\"[^\"]*\")?>(.*?)</t[dh]>", r) for r in rows]
     assert [c[1] for c in cells[0]] == ["Method", "Images", "PSNR↑", "SSIM↑", "LPIPS↓", "FID↓", "NIQE↓"]
@@ -169,10 +169,10 @@ def test_html_tables_mark_the_best_colour_deltas_and_note_missing_files():
     assert real["niqe"] == (' class="n best"', '7.0000<span class="dl good">-4.1000</span>')  # lower is better
     assert ref[2] == (' class="n"', '24.90<span class="dl bad">-0.50</span>')
     assert real["lpips"] == (' class="n na"', "n/a") and "(baseline)" in rows[1] and 'class="base"' in rows[1]
-    note = report.unavailable_note(status)
+    note = evaluation_report.unavailable_note(status)
     assert note.count("<li>") == 2 and "Unavailable metrics: LPIPS, FID." in note
     assert "<code>alexnet-owt-7be5be79.pth</code> &rarr; <code>/hub/checkpoints/</code>" in note
-    assert report.unavailable_note({"psnr": "ok"}) == ""
+    assert evaluation_report.unavailable_note({"psnr": "ok"}) == ""
 
 
 def test_rerun_does_no_work(result, flows_env, hr_set, db, tiny_diffusion):

@@ -18,14 +18,14 @@ import pytest
 import torch
 from PIL import Image
 
-from rasr import colorfix
-from rasr.generators import Restorer, load_generator
-from rasr.generators import sd as sdlib
-from rasr.generators.diffusion import DiffusionGenerator
-from rasr.generators.osediff import (KEYS_MANIFEST, TIMESTEP, apply_osediff, check_keys, inactive_adapters, lora_layers,
-                                     read_osediff)
-from rasr.generators.refdsr import BRANCH_FILE, BRANCH_META, read_branch
-from rasr.tagger import RamTagger, osediff_prompt
+from rasr.restoration import colorfix
+from rasr.restoration.generators import Restorer, load_generator
+from rasr.restoration.generators import sd as sdlib
+from rasr.restoration.generators.diffusion import DiffusionGenerator
+from rasr.restoration.generators.osediff import (KEYS_MANIFEST, TIMESTEP, apply_osediff, check_keys, inactive_adapters,
+                                                  lora_layers, read_osediff)
+from rasr.restoration.generators.refdsr import BRANCH_FILE, BRANCH_META, read_branch
+from rasr.restoration.tagger import RamTagger, osediff_prompt
 from tests.tiny_sd import full_size_meta, upstream_osediff, upstream_pkl_shapes
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py

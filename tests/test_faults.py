@@ -20,9 +20,9 @@ import pytest
 from PIL import Image
 
 from rasr import catalog, storage
-from rasr.enhance import EnhanceWorker
-from rasr.enhance_run import EnhanceConfig
-from rasr.images import decode_image
+from rasr.restoration.worker import EnhanceWorker
+from rasr.restoration.enhance_run import EnhanceConfig
+from rasr.restoration.images import decode_image
 from rasr.manifest import read_manifest
 from rasr.samples import as_rgb, load_photo, photo_names
 from tests.badinputs import PIXEL_LIMIT, write_hostile_inputs
@@ -234,7 +234,7 @@ def test_a_dying_worker_is_replaced_and_a_shard_claimed_by_another_run_is_left_t
     """An actor exits mid-batch: its batch is redone on a healthy actor, recorded in the summary and
     the rows. Meanwhile one shard is claimed by another live run (a lease this test holds): this run
     leaves it alone, says so, and the next run does it."""
-    from rasr.enhance_run import plan as make_plan
+    from rasr.restoration.enhance_run import plan as make_plan
     from rasr.locks import Lease
 
     src, out = str(tmp_path / "in"), str(tmp_path / "out")

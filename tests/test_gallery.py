@@ -4,8 +4,8 @@ import os
 import numpy as np
 import pytest
 
-from rasr import gallery as G
-from rasr.exact_search import as_set
+from rasr.retrieval import gallery as G
+from rasr.retrieval.exact_search import as_set
 
 
 def unit(rng, n, d):
@@ -232,8 +232,8 @@ def test_new_tables_record_how_they_were_embedded_and_old_tables_still_work(tmp_
     import lancedb
     import pyarrow as pa
 
-    from rasr.encoder_names import DEFAULT_ENCODER
-    from rasr.gallery import GALLERY_PREPROCESSING, GALLERY_VIEWS, schema
+    from rasr.retrieval.encoder_names import DEFAULT_ENCODER
+    from rasr.retrieval.gallery import GALLERY_PREPROCESSING, GALLERY_VIEWS, schema
 
     db = str(tmp_path / "refs.lance")
     g = G.Gallery.create_or_open(db, "gallery", DEFAULT_ENCODER, 4)
@@ -260,14 +260,14 @@ def test_new_tables_record_how_they_were_embedded_and_old_tables_still_work(tmp_
 
 def test_degraded_views_pool_into_the_gallery_vector(photos):
     """A gallery vector made from the clean and the degraded view lies between the two."""
-    from rasr.encoders import load_encoder
-    from rasr.indexer import degraded_copy, embed_views
+    from rasr.retrieval.encoders import load_encoder
+    from rasr.retrieval.embedding import degraded_copy, embed_views
 
     enc = load_encoder("efficientnet-lite0", device="cpu")
     enc.preprocessing = "letterbox"
     rgb = photos["chelsea"]
     view = degraded_copy(rgb, 7)
-    from rasr.indexer import VIEW_SIDE
+    from rasr.retrieval.embedding import VIEW_SIDE
 
     assert max(view.shape[:2]) == VIEW_SIDE // 4  # scaled to VIEW_SIDE, then x4 down
     assert np.array_equal(view, degraded_copy(rgb, 7))  # seeded: the same file always gives the same view
@@ -295,7 +295,7 @@ def test_bf16_ranking_with_float32_rerank_returns_lancedb_flat_search_hits(tmp_p
     """Above ExactIndex.LOW_PRECISION_MIN_ROWS the matrix is ranked in bf16 and re-ranked in float32. On clustered
     vectors (near ties, where bf16 alone reorders neighbours) the hits and similarities are LanceDB's own flat
     search's, with exclusions and a category filter."""
-    from rasr.exact_search import ExactIndex
+    from rasr.retrieval.exact_search import ExactIndex
 
     rng = np.random.default_rng(7)
     n, d = ExactIndex.LOW_PRECISION_MIN_ROWS + 4000, 32

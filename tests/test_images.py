@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from rasr import images
+from rasr.restoration import images
 from tests.badinputs import PIXEL_LIMIT, write_bad_inputs
 
 

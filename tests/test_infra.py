@@ -338,10 +338,10 @@ def test_dockerfile_builds_the_project_as_described():
     runs = " ".join(rest for w, rest in instructions if w == "RUN")
     assert re.search(r"pip install [^&]*torch", runs) and "torchvision" in runs
     assert re.search(r"pip install \.(\s|$)", runs), "the project itself is installed with `pip install .`"
-    assert "python -m rasr.niqe_prior" in runs
+    assert "python -m rasr.research.niqe_prior" in runs
     from importlib.util import find_spec
 
-    assert find_spec("rasr.niqe_prior") is not None
+    assert find_spec("rasr.research.niqe_prior") is not None
     users = [rest for w, rest in instructions if w == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0"), "the image must run as a non-root user"
     env = dockerfile_env()

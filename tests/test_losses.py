@@ -1,4 +1,4 @@
-"""rasr.losses: each optional term off (with the files named) when its weights are missing, and
+"""rasr.research.losses: each optional term off (with the files named) when its weights are missing, and
 "present -> used" with randomly initialised weights in the exact file layouts; real photos, CPU only."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import torchvision
 from PIL import Image, ImageFilter
 from transformers import Dinov2Config, Dinov2Model
 
-from rasr import losses, metrics
+from rasr.research import losses, metrics
 from rasr import weights as W
-from rasr.losses import LossWeights, TrainingLoss
+from rasr.research.losses import LossWeights, TrainingLoss
 from tests.test_metrics import write_random_lpips
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
@@ -373,7 +373,7 @@ def test_generator_gan_term_moves_pred_and_not_the_heads(only, cat, chelsea):
 
 def test_the_heads_checkpoint_as_the_trainer_saves_and_resumes_them(only, weights_home, monkeypatch):
     loss = only["gan"]
-    # rasr.train keeps {k: v for k, v in loss.state_dict().items() if "head" in k}, loads strict=False
+    # rasr.research.train keeps {k: v for k, v in loss.state_dict().items() if "head" in k}, loads strict=False
     saved = {k: v.clone() for k, v in loss.state_dict().items() if "head" in k}
     assert saved and all(k.startswith("disc.heads.") for k in saved)
     point_torch_home(monkeypatch, weights_home)

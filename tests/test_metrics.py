@@ -1,4 +1,4 @@
-"""rasr.metrics: PSNR/SSIM against scikit-image, NIQE with its offline prior, and metrics whose
+"""rasr.research.metrics: PSNR/SSIM against scikit-image, NIQE with its offline prior, and metrics whose
 weights are missing reported (not dropped, not downloaded) - on real photos, CPU only."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from PIL import Image, ImageFilter
 from skimage.color import rgb2ycbcr
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from rasr import metrics, niqe_prior
+from rasr.research import metrics, niqe_prior
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
 
@@ -206,7 +206,7 @@ def test_fetched_niqe_prior_is_cached_in_the_layout_pyiqa_reads(niqe_prior_path,
 
 
 def test_niqe_prior_cli_prints_the_cached_path(niqe_prior_path):
-    run = subprocess.run([sys.executable, "-m", "rasr.niqe_prior"], capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-m", "rasr.research.niqe_prior"], capture_output=True, text=True,
                          timeout=120, env=os.environ.copy(), check=False)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == niqe_prior_path
@@ -230,14 +230,14 @@ def test_niqe_refuses_images_smaller_than_a_block(niqe_prior_path, chelsea):
 
 
 def test_each_metric_that_cannot_run_says_why(niqe_prior_path, chelsea, tmp_path):
-    from rasr import evalsets
+    from rasr.research import evaluation_run
 
     for d in ("pred", "gt"):
         (tmp_path / d).mkdir()
         Image.fromarray(chelsea[:1, :1]).save(tmp_path / d / "dot.png")          # 1x1: only PSNR can run
         Image.fromarray(chelsea[:128, :128]).save(tmp_path / d / "crop.png")    # every metric runs
-    pairs, _ = evalsets.pair_by_name(str(tmp_path / "pred"), str(tmp_path / "gt"))
-    df, _ = evalsets.score_pairs(pairs, ["psnr", "ssim", "niqe"])
+    pairs, _ = evaluation_run.pair_by_name(str(tmp_path / "pred"), str(tmp_path / "gt"))
+    df, _ = evaluation_run.score_pairs(pairs, ["psnr", "ssim", "niqe"])
     rows = {r["image"]: r for r in df.to_dict("records")}
     dot, crop = rows["dot.png"], rows["crop.png"]
     assert dot["status"] == "ok" and dot["psnr"] == pytest.approx(metrics.PSNR_CAP)  # still scored

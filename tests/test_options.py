@@ -9,14 +9,14 @@ import pytest
 
 from flows.cli import main
 from rasr import options
-from rasr.dataset import DatasetConfig
-from rasr.enhance_run import EnhanceConfig
-from rasr.evaluate import EvalConfig
-from rasr.generators import GENERATORS, GeneratorOptions
-from rasr.indexer import IndexConfig
-from rasr.metrics import ScoreConfig
-from rasr.search import SearchConfig
-from rasr.train import TrainConfig
+from rasr.research.dataset import DatasetConfig
+from rasr.restoration.enhance_run import EnhanceConfig
+from rasr.research.evaluation import EvalConfig
+from rasr.restoration.generators import GENERATORS, GeneratorOptions
+from rasr.retrieval.embedding import IndexConfig
+from rasr.research.metrics import ScoreConfig
+from rasr.retrieval.search import SearchConfig
+from rasr.research.train import TrainConfig
 from tasks.cluster import Cluster, TrainScaling
 
 COMMANDS = {("enhance",): (EnhanceConfig, GeneratorOptions, Cluster), ("index",): (IndexConfig, Cluster),

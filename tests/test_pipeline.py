@@ -11,10 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from rasr import catalog, images
-from rasr.enhance import EnhanceWorker
-from rasr.enhance_run import EnhanceConfig
-from rasr.generators.base import Generator
+from rasr import catalog
+from rasr.restoration import images
+from rasr.restoration.worker import EnhanceWorker
+from rasr.restoration.enhance_run import EnhanceConfig
+from rasr.restoration.generators.base import Generator
 from tests.badinputs import PIXEL_LIMIT, write_bad_inputs
 
 
@@ -76,9 +77,9 @@ def comparable(rows):
 @pytest.fixture(scope="module")
 def gallery_db(tmp_path_factory, photos):
     """The bundled photos embedded with the library's own code (no engines)."""
-    from rasr.encoders import load_encoder
-    from rasr.gallery import Gallery
-    from rasr.indexer import Embedder
+    from rasr.retrieval.encoders import load_encoder
+    from rasr.retrieval.gallery import Gallery
+    from rasr.retrieval.embedding import Embedder
 
     root = tmp_path_factory.mktemp("gallery")
     for i, (name, img) in enumerate(sorted(photos.items())):
@@ -138,7 +139,7 @@ def test_reading_runs_ahead_but_stays_bounded(tmp_path, photos, monkeypatch):
         return [np.zeros((lr.shape[0] * 4, lr.shape[1] * 4, 3), np.uint8) for lr in lrs]
 
     monkeypatch.setattr(EnhanceWorker, "_load", load)
-    from rasr.generators import base
+    from rasr.restoration.generators import base
 
     monkeypatch.setattr(base.Restorer, "restore", restore)
     cfg = EnhanceConfig(generator="bicubic", tile=0, batch_size=4)

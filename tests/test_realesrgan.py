@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from rasr.generators import ncnn
-from rasr.generators.base import Restorer
-from rasr.generators.realesrgan import RealESRGAN, packaged_param
-from rasr.images import to_tensor
+from rasr.restoration.generators import ncnn
+from rasr.restoration.generators.base import Restorer
+from rasr.restoration.generators.realesrgan import RealESRGAN, packaged_param
+from rasr.restoration.images import to_tensor
 from rasr.weights import WeightsNotFound
 
 PARAM = packaged_param()

@@ -17,12 +17,12 @@ import torch
 from PIL import Image
 
 from rasr import weights as wts
-from rasr.generators import Restorer, load_generator
-from rasr.generators import sd as sdlib
-from rasr.generators.osediff import TIMESTEP, osediff_pkl_to_safetensors, read_osediff
-from rasr.generators.diffusion import DiffusionGenerator, build_model, load_diffusion_generator
-from rasr.generators.refdsr import BranchConfig, RefDSR, read_branch, unet_forward
-from rasr.tagger import CategoryTagger, NullTagger, RamTagger, build_prompt, get_tagger
+from rasr.restoration.generators import Restorer, load_generator
+from rasr.restoration.generators import sd as sdlib
+from rasr.restoration.generators.osediff import TIMESTEP, osediff_pkl_to_safetensors, read_osediff
+from rasr.restoration.generators.diffusion import DiffusionGenerator, build_model, load_diffusion_generator
+from rasr.restoration.generators.refdsr import BranchConfig, RefDSR, read_branch, unet_forward
+from rasr.restoration.tagger import CategoryTagger, NullTagger, RamTagger, build_prompt, get_tagger
 from tests.tiny_sd import build_tiny, make_fake_osediff_pkl, perturb_branch, save_tiny
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py

@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 from rasr import catalog, storage
-from rasr.enhance import EnhanceWorker
-from rasr.enhance_run import EnhanceConfig
-from rasr.generators.bicubic import Bicubic
+from rasr.restoration.worker import EnhanceWorker
+from rasr.restoration.enhance_run import EnhanceConfig
+from rasr.restoration.generators.bicubic import Bicubic
 from rasr.locks import Lease, gallery_lock
 from rasr.samples import as_rgb, load_photo
 

@@ -20,12 +20,13 @@ from PIL import Image
 
 from flows.enhance import enhance_archive
 from flows.nightly import nightly_enhance
-from rasr import manifest, runreport, runreport_state
+from rasr import manifest
+from rasr.results import results_page, results_page_state
 from rasr.manifest import read_manifest
 from rasr.samples import as_rgb, load_photo
 from tests.browser import browse
 from tests.test_cli import NO_ENGINES, summary_of
-from rasr.enhance_run import EnhanceConfig
+from rasr.restoration.enhance_run import EnhanceConfig
 
 RASR = [sys.executable, "-m", "flows.cli"]
 ODD_NAME = "food/coffee & l'été <b>.png"  # quotes, markup and accents: escaped in HTML and in JS strings
@@ -115,17 +116,17 @@ def test_page_shows_the_summary_the_failures_and_each_image(run):
             assert html.escape(r["error"]) in row and "nothing to show" in row
             continue
         assert '<span class="badge new">new</span>' in row  # all rows are this run's
-        sprite = runreport.sprite_path(r)
+        sprite = results_page.sprite_path(r)
         assert row.count(f'src="{sprite}"') == 4 and 'loading="lazy"' in row  # two viewers, one file
         assert ("ref_used</td><td>yes" if r["ref_used"] else "ref_used</td><td>no") in row
         assert len(r["ref_ids"]) == 2
         for rid, sim, cat in zip(r["ref_ids"], r["ref_similarities"], r["ref_categories"]):
             assert f'src="thumbs/ref/{rid[:2]}/{rid}.' in row and f"{sim:.3f} &middot; {cat}" in row
-            assert (out / "report" / runreport.ref_path(rid)).is_file()
+            assert (out / "report" / results_page.ref_path(rid)).is_file()
         assert f"{r['timings_ms']['total']:,.0f} ms" in row or f"{r['timings_ms']['total']:.1f} ms" in row
         assert f'href="../images/{quote(os.path.relpath(r["output_uri"], out / "images"))}"' in row
         # the sprite: [input | output | input crop | output crop], the thumbnails match the real files
-        tw, th, cw, ch = runreport.layout(r["out_width"], r["out_height"])
+        tw, th, cw, ch = results_page.layout(r["out_width"], r["out_height"])
         sheet = Image.open(out / "report" / sprite).convert("RGB")
         assert sheet.size == (2 * tw + 2 * cw, max(th, ch))
         small = (tw // 4, th // 4)  # compared coarsely: independent of the resampling filter and WebP
@@ -146,7 +147,7 @@ def test_thumbnails_are_made_once(run):
     src, out, _ = run
     thumbs = out / "report" / "thumbs"
     before = {p: p.stat().st_mtime_ns for p in thumbs.rglob("*") if p.is_file()}
-    again = runreport.write_report(str(out))
+    again = results_page.write_report(str(out))
     assert again["thumbs_made"] == 0 and again["refs_made"] == 0 and again["thumbs_reused"] == 4
     assert {p: p.stat().st_mtime_ns for p in thumbs.rglob("*") if p.is_file()} == before
 
@@ -167,7 +168,7 @@ def test_a_report_failure_does_not_fail_the_run(db, tmp_path, monkeypatch, caplo
     def broken(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(runreport, "append_run", broken)
+    monkeypatch.setattr(results_page, "append_run", broken)
     save_photo(str(tmp_path / "in" / "a" / "rocket.png"), "rocket", (20, 24))
     s = enhance_archive(str(tmp_path / "in"), str(tmp_path / "out"), EnhanceConfig(generator="bicubic"))
     assert s["ok"] == 1 and "report" not in s
@@ -358,12 +359,12 @@ def initial_payload(index) -> int:
 
 def test_ten_thousand_rows_are_paged_and_the_first_payload_stays_small(tmp_path):
     big = fake_output(tmp_path / "big", 10_000)
-    res = runreport.write_report(big)
-    assert res["rows"] == 10_000 and res["pages"] == 10_000 // runreport.PAGE_SIZE
+    res = results_page.write_report(big)
+    assert res["rows"] == 10_000 and res["pages"] == 10_000 // results_page.PAGE_SIZE
     assert res["thumbs_made"] == 4 and res["refs_made"] == 4  # one sprite per distinct input and config
     index = tmp_path / "big" / "out" / "report" / "index.html"
     payload = initial_payload(index)
-    small = runreport.write_report(fake_output(tmp_path / "small", 120))
+    small = results_page.write_report(fake_output(tmp_path / "small", 120))
     small_payload = initial_payload(tmp_path / "small" / "out" / "report" / "index.html")
     assert payload < 250_000 and abs(payload - small_payload) < 2_000  # independent of the number of rows
     assert small["pages"] == 3
@@ -400,7 +401,7 @@ def test_nights_append_and_agree_with_a_page_written_anew(tmp_path):
     aside), inputs enhanced again are counted once, the summary equals the one written anew from the manifest and
     the one computed here from the manifest, and the row index stays at most MAX_FILES files."""
     out = fake_output(tmp_path / "a", 300)
-    runreport.write_report(out)
+    results_page.write_report(out)
     data = tmp_path / "a" / "out" / "report" / "data"
     at = dt.datetime(2026, 12, 2, tzinfo=dt.timezone.utc)
     for night in range(12):
@@ -409,10 +410,10 @@ def test_nights_append_and_agree_with_a_page_written_anew(tmp_path):
         fresh = [f"n{night}/{k}.png" for k in range(4)]
         rows = _night(out, f"night{night}", again + fresh, "error" if night % 3 else "skipped",
                       at + dt.timedelta(days=night))
-        res = runreport.append_run(out, f"night{night}", rows)
+        res = results_page.append_run(out, f"night{night}", rows)
         assert {f: (data / f).read_bytes() for f in before} == before
         state = json.loads((data / "state.json").read_text())
-        assert len(state["index"]) <= runreport_state.rowsets.MAX_FILES
+        assert len(state["index"]) <= results_page_state.rowsets.MAX_FILES
     latest = read_manifest(out).to_pylist()
     assert res["rows"] == len(latest) == 300 + 12 * 4 and state["superseded"] == 12 * 3
     status = Counter(r["status"] for r in latest)
@@ -423,7 +424,7 @@ def test_nights_append_and_agree_with_a_page_written_anew(tmp_path):
     reasons = Counter(r["error"] for r in latest if r["status"] == "error")
     for reason, n in reasons.items():
         assert f"<td>{reason}</td><td class=\"n\">{n}</td>" in appended
-    runreport.write_report(out)  # the page anew, from the manifest: the same counts (examples may differ)
+    results_page.write_report(out)  # the page anew, from the manifest: the same counts (examples may differ)
     counts = lambda text: re.sub(r" \(36 earlier rows of inputs enhanced again are hidden\)|(</td><td class=\"n\">\d+</td>)"
                                  r"<td>[^<]*</td>|<td>processed</td><td>[^<]*</td>", r"\1", text)  # from: the earliest ever
     assert counts(_cards(tmp_path / "a" / "out")) == counts(appended)
@@ -448,24 +449,24 @@ def test_a_night_killed_before_its_state_leaves_the_page_whole(tmp_path, monkeyp
     still shows the earlier nights; the next night takes the same row numbers and the summary counts each input
     once, as the manifest does."""
     out = fake_output(tmp_path / "a", 120)
-    runreport.write_report(out)
+    results_page.write_report(out)
     at = dt.datetime(2026, 12, 2, tzinfo=dt.timezone.utc)
     state_before = (tmp_path / "a" / "out" / "report" / "data" / "state.json").read_bytes()
-    real = runreport.storage.write_bytes
+    real = results_page.storage.write_bytes
 
     def dying(uri, *a, **k):
         if uri.endswith("state.json"):
             raise KeyboardInterrupt("killed")
         return real(uri, *a, **k)
 
-    monkeypatch.setattr(runreport.storage, "write_bytes", dying)
+    monkeypatch.setattr(results_page.storage, "write_bytes", dying)
     rows = _night(out, "lost", ["d0/00001.png", "n/a.png", "n/b.png"], "error", at)
     with pytest.raises(KeyboardInterrupt):
-        runreport.append_run(out, "lost", rows)
+        results_page.append_run(out, "lost", rows)
     monkeypatch.undo()
     assert (tmp_path / "a" / "out" / "report" / "data" / "state.json").read_bytes() == state_before
     rows = _night(out, "lost", ["d0/00001.png", "n/a.png", "n/b.png"], "error", at)  # the rerun of that night
-    res = runreport.append_run(out, "next", rows)
+    res = results_page.append_run(out, "next", rows)
     latest = read_manifest(out).to_pylist()
     status = Counter(r["status"] for r in latest)
     assert res["rows"] == len(latest) == 122

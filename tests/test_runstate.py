@@ -15,7 +15,7 @@ import os
 import pytest
 
 from rasr import catalog, runstate, storage
-from rasr.enhance_run import EnhanceConfig, plan
+from rasr.restoration.enhance_run import EnhanceConfig, plan
 
 
 def _marker(i: int, age_days: float, cfg: str = "cfgA", n: int = 3) -> dict:

@@ -9,10 +9,10 @@ import pytest
 from flows.enhance import enhance_archive
 from flows.index import index_gallery
 from rasr import storage
-from rasr.gallery import Gallery
+from rasr.retrieval.gallery import Gallery
 from rasr.manifest import read_manifest
 from tests.conftest import S3_KEY_ID, S3_SECRET
-from rasr.enhance_run import EnhanceConfig
+from rasr.restoration.enhance_run import EnhanceConfig
 
 
 @pytest.fixture()

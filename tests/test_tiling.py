@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rasr.generators.tiling import tile_starts, tiled_apply
+from rasr.restoration.generators.tiling import tile_starts, tiled_apply
 
 
 @pytest.mark.parametrize("length, tile, overlap", [(10, 16, 4), (16, 16, 4), (40, 16, 4), (57, 16, 3), (100, 32, 8)])

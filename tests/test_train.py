@@ -10,13 +10,13 @@ from PIL import Image
 
 from flows.dataset import build_dataset
 from flows.train import train_refdsr
-from rasr.generators import load_generator
+from rasr.restoration.generators import load_generator
 from rasr.samples import as_rgb, load_photo
-from rasr.train import TrainConfig, Trainer, latest_checkpoint
+from rasr.research.train import TrainConfig, Trainer, latest_checkpoint
 from tasks.cluster import TrainScaling
 from tests.conftest import tree_snapshot
-from rasr.dataset import DatasetConfig
-from rasr.enhance_run import EnhanceConfig
+from rasr.research.dataset import DatasetConfig
+from rasr.restoration.enhance_run import EnhanceConfig
 
 CATEGORIES = {"animals": "chelsea", "food": "coffee", "space": "hubble_deep_field"}
 

@@ -1,4 +1,4 @@
-"""Same-scene reference transfer (rasr/transfer.py, issue 24), checked against what rasr did not compute itself.
+"""Same-scene reference transfer (rasr/restoration/transfer.py, issue 24), checked against what rasr did not compute itself.
 
 - registration against a homography the test drew (the true geometry, not rasr's estimate);
 - scikit-image's PSNR/SSIM on Y against the real second view of a real two-view pair (scikit-image's stereo
@@ -20,8 +20,8 @@ from PIL import Image
 from skimage.color import rgb2ycbcr
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from rasr import transfer
-from rasr.enhance_run import EnhanceConfig
+from rasr.restoration import transfer
+from rasr.restoration.enhance_run import EnhanceConfig
 
 
 def _crop4(a: np.ndarray) -> np.ndarray:
@@ -137,10 +137,10 @@ def transfer_runs(tmp_path_factory, motorcycle, photos):
     """A gallery (the motorcycle's right view + two other scenes), an archive (its left view and two other scenes
     at x4 LR), enhanced by the bicubic generator with transfer auto and off."""
     from rasr import catalog
-    from rasr.encoders import load_encoder
-    from rasr.enhance import EnhanceWorker
-    from rasr.gallery import Gallery
-    from rasr.indexer import Embedder
+    from rasr.retrieval.encoders import load_encoder
+    from rasr.restoration.worker import EnhanceWorker
+    from rasr.retrieval.gallery import Gallery
+    from rasr.retrieval.embedding import Embedder
 
     root = tmp_path_factory.mktemp("transfer")
     names = sorted(photos)
@@ -210,23 +210,24 @@ def test_enhance_transfers_only_from_a_verified_same_scene_reference(transfer_ru
 
 @pytest.mark.integration  # whole EnhanceWorker / EvalWorker runs (8 s): not in the fast tier
 def test_results_page_shows_the_aligned_reference_and_mask(transfer_runs):
-    from rasr import catalog, manifest, runreport
+    from rasr import catalog, manifest
+    from rasr.results import results_page
 
     out, rows, _ = transfer_runs["auto"]
     manifest.write_rows(manifest.shard_table_uri(out, catalog.MANIFEST_DIR, "s0"), list(rows.values()))
-    runreport.write_report(out)
+    results_page.write_report(out)
     pos = rows["scenes/motorcycle_left.png"]
-    preview = os.path.join(out, runreport.REPORT_DIR, runreport.transfer_path(pos))
+    preview = os.path.join(out, results_page.REPORT_DIR, results_page.transfer_path(pos))
     sheet = np.asarray(Image.open(preview).convert("RGB"))
     tw = sheet.shape[1] // 2
     mask_half = sheet[:, tw:].astype(float)
     assert mask_half.max() > 200 and mask_half.min() < 60  # confident and not-confident areas both shown
-    pages = "".join(open(p).read() for p in glob.glob(os.path.join(out, runreport.REPORT_DIR, "**", "*.*"),
+    pages = "".join(open(p).read() for p in glob.glob(os.path.join(out, results_page.REPORT_DIR, "**", "*.*"),
                                                        recursive=True) if p.endswith((".html", ".js", ".json")))
-    assert runreport.transfer_path(pos) in pages and "same-scene" in pages
+    assert results_page.transfer_path(pos) in pages and "same-scene" in pages
     for rel, row in rows.items():
         if rel != "scenes/motorcycle_left.png":
-            assert runreport.transfer_path(row) not in pages
+            assert results_page.transfer_path(row) not in pages
 
 
 @pytest.mark.integration  # whole EnhanceWorker / EvalWorker runs (8 s): not in the fast tier
@@ -234,8 +235,9 @@ def test_evaluation_table1_gains_a_transfer_row_per_method(transfer_runs, motorc
     """EvalWorker scores `<method> (transfer)` next to the method; PSNR recomputed here with scikit-image."""
     import pandas as pd
 
-    from rasr import catalog, report
-    from rasr.evaluate import EvalConfig, EvalWorker
+    from rasr import catalog
+    from rasr.results import evaluation_report
+    from rasr.research.evaluation import EvalConfig, EvalWorker
 
     hr_dir = tmp_path / "hr" / "scenes"
     hr_dir.mkdir(parents=True)
@@ -252,14 +254,15 @@ def test_evaluation_table1_gains_a_transfer_row_per_method(transfer_runs, motorc
     sr = np.asarray(Image.open(t["sr_uri"]).convert("RGB"))
     plain = np.asarray(Image.open(by_mode["none"]["sr_uri"]).convert("RGB"))
     assert _psnr_y(sr, motorcycle[0]) > _psnr_y(plain, motorcycle[0]) + 1.0
-    table = report.table1_markdown(report.summarize(pd.DataFrame(rows)), {"psnr": "ok", "ssim": "ok"}, "bicubic")
+    summary = evaluation_report.summarize(pd.DataFrame(rows))
+    table = evaluation_report.table1_markdown(summary, {"psnr": "ok", "ssim": "ok"}, "bicubic")
     assert "| bicubic (transfer) |" in table
 
 
 @pytest.mark.integration  # one more EnhanceWorker pass (~3 s)
 def test_a_failing_verification_or_transfer_costs_the_transfer_not_the_output(transfer_runs, monkeypatch):
     from rasr import catalog
-    from rasr.enhance import EnhanceWorker
+    from rasr.restoration.worker import EnhanceWorker
 
     out_off, off, _ = transfer_runs["off"]
     db = transfer_runs["auto"][2].cfg.db

@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from rasr.generators import sd as sdlib
+from rasr.restoration.generators import sd as sdlib
 
 TINY_UNET = dict(
     sample_size=8, in_channels=4, out_channels=4,
