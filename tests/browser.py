@@ -1,4 +1,5 @@
-"""Headless Chromium for the tests that render HTML reports (tests/test_evaluate.py, tests/test_run_report.py)."""
+"""Headless Chromium for the tests that render HTML reports (tests/research/test_evaluate.py,
+tests/results/test_run_report.py)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from PIL import Image
 from rasr.restoration import enhance_run
 from rasr.manifest import read_manifest
 from rasr.samples import as_rgb, load_photo, photo_names
-from tests.test_cli import summary_of
+from tests.flows.test_cli import summary_of
 
 RASR = [sys.executable, "-m", "flows.cli"]
 BICUBIC = ["--generator", "bicubic"]
@@ -27,7 +27,7 @@ BICUBIC = ["--generator", "bicubic"]
 
 @pytest.fixture(scope="module")
 def env(prefect_harness, ray_session) -> dict:
-    """CLI subprocesses join the session's Prefect API and Ray (as tests/test_cli.py's)."""
+    """CLI subprocesses join the session's Prefect API and Ray (as tests/flows/test_cli.py's)."""
     import ray
 
     return {**os.environ, "PREFECT_API_URL": prefect_harness, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}

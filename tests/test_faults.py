@@ -26,8 +26,8 @@ from rasr.restoration.images import decode_image
 from rasr.manifest import read_manifest
 from rasr.samples import as_rgb, load_photo, photo_names
 from tests.badinputs import PIXEL_LIMIT, write_hostile_inputs
-from tests.test_cli import summary_of
-from tests.test_cluster import cluster  # noqa: F401 - the two-node Ray cluster fixture
+from tests.flows.test_cli import summary_of
+from tests.flows.test_cluster import cluster  # noqa: F401 - the two-node Ray cluster fixture
 
 pytestmark = pytest.mark.faults
 

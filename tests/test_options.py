@@ -13,7 +13,7 @@ from rasr.research.dataset import DatasetConfig
 from rasr.restoration.enhance_run import EnhanceConfig
 from rasr.research.evaluation import EvalConfig
 from rasr.restoration.generators import GENERATORS, GeneratorOptions
-from rasr.retrieval.embedding import IndexConfig
+from rasr.retrieval.index_run import IndexConfig
 from rasr.research.metrics import ScoreConfig
 from rasr.retrieval.search import SearchConfig
 from rasr.research.train import TrainConfig

@@ -9,7 +9,7 @@ from PIL import Image
 from flows.index import index_gallery
 from rasr.retrieval.gallery import Gallery
 from rasr.samples import load_photo
-from rasr.retrieval.embedding import IndexConfig
+from rasr.retrieval.index_run import IndexConfig
 
 
 def test_reindex_embeds_only_new_and_changed_files(flows_env, sample_dirs, tmp_path):
@@ -58,10 +58,11 @@ def test_bad_gallery_files_are_reported_not_fatal(flows_env, tmp_path):
 
 
 def test_gallery_hygiene_reports_duplicates_near_duplicates_and_weak_references(tmp_path):
-    """What `rasr index` runs after embedding (rasr.retrieval.embedding.Embedder + hygiene), without the engines."""
+    """What `rasr index` runs after embedding (rasr.retrieval.embedding.Embedder + index_run.hygiene), without the engines."""
     from rasr import catalog
     from rasr.retrieval.encoders import load_encoder
-    from rasr.retrieval.embedding import Embedder, hygiene
+    from rasr.retrieval.embedding import Embedder
+    from rasr.retrieval.index_run import hygiene
 
     root = tmp_path / "g"
     misc = root / "misc"

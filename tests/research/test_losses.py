@@ -20,7 +20,7 @@ from transformers import Dinov2Config, Dinov2Model
 from rasr.research import losses, metrics
 from rasr import weights as W
 from rasr.research.losses import LossWeights, TrainingLoss
-from tests.test_metrics import write_random_lpips
+from tests.research.test_metrics import write_random_lpips
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
 

@@ -69,7 +69,7 @@ def test_no_secret_files_in_the_repo():
     import re
     import subprocess
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     files = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True).stdout.split()
     assert not [f for f in files if re.search(r"(^|/)(\.env|credentials|.*\.pem|.*\.key)$", f)]
     for f in files:

@@ -353,7 +353,7 @@ def test_metrics_pair_enhance_outputs_with_their_ground_truth(photo, tmp_path):
 def test_colour_bench_runs():
     import importlib.util
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "colour.py")
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bench", "colour.py")
     spec = importlib.util.spec_from_file_location("colour_bench", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -13,8 +13,8 @@ import pytest
 
 from rasr.retrieval.gallery import Gallery
 from rasr.manifest import read_manifest
-from tests.test_cli import summary_of
-from tests.test_deploy import free_port
+from tests.flows.test_cli import summary_of
+from tests.flows.test_deploy import free_port
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -58,7 +58,7 @@ def cluster(tmp_path_factory):
 def test_one_enhance_run_places_actors_on_both_nodes(cluster, sample_dirs, tmp_path, prefect_harness):
     env = {**os.environ, "PREFECT_API_URL": prefect_harness}
     out = tmp_path / "out"
-    rasr = [sys.executable, "-m", "flows.cli"]  # (retrieval on a cluster: tests/test_faults.py and test_s3.py)
+    rasr = [sys.executable, "-m", "flows.cli"]  # (retrieval on a cluster: tests/test_faults.py and tests/flows/test_s3.py)
     r = subprocess.run([*rasr, "enhance", sample_dirs["archive"], str(out), "--generator", "bicubic",
                         "--ray-address", cluster, "--workers", "2", "--gpus-per-worker", "0",
                         "--worker-resources", '{"rasr_slot": 1}', "--shard-size", "1"],

@@ -48,7 +48,7 @@ def summary_of(stdout: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def cli_db(db):
-    """The session's indexed sample gallery (`rasr index` through the CLI runs in tests/test_cluster.py,
+    """The session's indexed sample gallery (`rasr index` through the CLI runs in tests/flows/test_cluster.py,
     tests/test_faults.py (on S3 behind a faulty proxy) and scripts/setup.sh)."""
     return db
 

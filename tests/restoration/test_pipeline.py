@@ -58,7 +58,7 @@ def archive(folder, photos, sizes, poison: set[int] = frozenset()):
 
 def run(items, out, overlap, db=None, **cfg):
     Recorder.calls = []
-    cfg = EnhanceConfig(generator="tests.test_pipeline:Recorder", db=db, tile=0, **cfg)
+    cfg = EnhanceConfig(generator="tests.restoration.test_pipeline:Recorder", db=db, tile=0, **cfg)
     w = EnhanceWorker(cfg, io_threads=3, overlap=overlap)
     try:
         rows = w.process(items, str(out), "s0", "r0")
@@ -180,7 +180,7 @@ def test_png_level_does_not_change_the_config_hash_but_lossy_quality_does():
 def test_concurrent_calls_share_the_model_safely(tmp_path, photos):
     items = archive(tmp_path / "in", photos, [(32, 24)] * 24)
     Recorder.max_inflight = 0
-    cfg = EnhanceConfig(generator="tests.test_pipeline:Recorder", tile=0, batch_size=4)
+    cfg = EnhanceConfig(generator="tests.restoration.test_pipeline:Recorder", tile=0, batch_size=4)
     w = EnhanceWorker(cfg, io_threads=2)
     out = {}
     threads = [threading.Thread(target=lambda k, c: out.__setitem__(k, w.process(c, str(tmp_path / "o"), "s", "r")),

@@ -25,7 +25,7 @@ from rasr.results import results_page, results_page_state
 from rasr.manifest import read_manifest
 from rasr.samples import as_rgb, load_photo
 from tests.browser import browse
-from tests.test_cli import NO_ENGINES, summary_of
+from tests.flows.test_cli import NO_ENGINES, summary_of
 from rasr.restoration.enhance_run import EnhanceConfig
 
 RASR = [sys.executable, "-m", "flows.cli"]

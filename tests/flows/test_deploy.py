@@ -19,7 +19,7 @@ import yaml
 from rasr.manifest import read_manifest
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
@@ -82,7 +82,7 @@ def prefect(env, *args, timeout=600, **kw):
 def test_deployments_on_a_real_server(server, sample_dirs, small_gallery, db, tmp_path):
     """Every deployment deploys (Prefect validates its parameters against the flow's); the nightly one
     runs through a process worker on the session's indexed gallery (the index flow runs in
-    tests/test_index_flow.py, tests/test_cluster.py and through the CLI)."""
+    tests/flows/test_index_flow.py, tests/flows/test_cluster.py and through the CLI)."""
     archive, out = tmp_path / "archive", tmp_path / "out"
     shutil.copytree(sample_dirs["archive"], archive)
     env = {**server, "PWD": str(ROOT), "RASR_ARCHIVE": str(archive), "RASR_OUTPUT": str(out), "RASR_DB": db,

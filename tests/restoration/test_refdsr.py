@@ -27,7 +27,7 @@ from tests.tiny_sd import build_tiny, make_fake_osediff_pkl, perturb_branch, sav
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 
@@ -337,7 +337,7 @@ def test_full_size_trainable_count():
 def test_restorer_any_size_batches_and_colour_fix(gens, monkeypatch):
     g = gens["refdsr"]
     # sizes, batching and colour fixes here; the upstream enlargement of inputs under 128 px is pinned in
-    # tests/test_faithful.py (with it on, these 16 px inputs would run the tiny model at 512+ px, 10x slower)
+    # tests/restoration/test_faithful.py (with it on, these 16 px inputs would run the tiny model at 512+ px, 10x slower)
     monkeypatch.setattr(g, "min_side", 0)
     rng = np.random.default_rng(0)
     lrs = [rng.integers(0, 256, (17, 23, 3), dtype=np.uint8), rng.integers(0, 256, (16, 16, 3), dtype=np.uint8),

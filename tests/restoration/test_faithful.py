@@ -321,7 +321,7 @@ def test_vae_is_not_tiled_up_to_2048_and_leaves_no_seams(gens):
 def test_color_fix_bench_runs():
     import importlib.util
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "color_fix.py")
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bench", "color_fix.py")
     spec = importlib.util.spec_from_file_location("color_fix_bench", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

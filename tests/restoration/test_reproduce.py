@@ -18,7 +18,7 @@ from PIL import Image
 
 from tests.tiny_sd import upstream_osediff
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -73,7 +73,7 @@ def upstream_test_script(lr: Image.Image, sd: str, pkl: str) -> Image.Image:
 def test_reproduce_osediff_on_tiny_models(tiny_diffusion, chelsea, tmp_path, monkeypatch, prefect_harness, ray_session):
     import ray
 
-    # the enhance subprocess joins this session's Prefect API and Ray, as tests/test_cli.py's do
+    # the enhance subprocess joins this session's Prefect API and Ray, as tests/flows/test_cli.py's do
     monkeypatch.setenv("PREFECT_API_URL", prefect_harness)
     monkeypatch.setenv("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
     testset = tmp_path / "RealSR"
