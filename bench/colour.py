@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     from rasr.restoration.worker import EnhanceWorker
     from rasr.restoration.enhance_run import EnhanceConfig
     from tests.icc_profiles import profile
-    from tests.test_derivatives import SRGB, mean_delta_e
+    from tests.restoration.test_derivatives import SRGB, mean_delta_e
 
     names = samples.photo_names()[:1 if args.smoke else 8]
     results: dict[str, dict[str, list[float]]] = {p: {"keep": [], "srgb": [], "dropped": []} for p in PROFILES}

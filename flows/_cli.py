@@ -22,8 +22,9 @@ def config_options(*classes):
     def decorate(f):
         for cls in reversed(classes):
             hints = typing.get_type_hints(cls)
+            required = getattr(cls, "CLI_REQUIRED", ())
             for fld in reversed(options.cli_fields(cls)):
-                f = _click_option(fld, hints[fld.name])(f)
+                f = _click_option(fld, hints[fld.name], fld.name in required)(f)
         return f
     return decorate
 
@@ -44,13 +45,15 @@ def _base(hint) -> type:
     return hint
 
 
-def _click_option(fld: dataclasses.Field, hint):
+def _click_option(fld: dataclasses.Field, hint, required: bool = False):
     """bool: --name/--no-name; list: comma-separated text; dict: JSON (`parse`) or repeated KEY=VALUE."""
     m = fld.metadata
     flags = m["flags"] or (f"--{fld.name.replace('_', '-')}",)
     default = fld.default_factory() if fld.default is dataclasses.MISSING else fld.default
     kind = typing.get_origin(_base(hint)) or _base(hint)
     kw = {"help": m["help"], "envvar": m["envvar"], "metavar": m["metavar"]}
+    if required:
+        kw["required"] = True
     if kind is bool:
         flags = tuple(f"{f}/--no-{f[2:]}" for f in flags if f.startswith("--"))
         return click.option(*flags, fld.name, default=default, show_default=True, **kw)
@@ -66,6 +69,8 @@ def _click_option(fld: dataclasses.Field, hint):
     elif kind is dict:
         kw["callback"] = _converter(_pairs, flags[0])
         return click.option(*flags, fld.name, multiple=True, **kw)
+    if required:  # no default at all: click 8.3+ takes an explicit None for a given value
+        return click.option(*flags, fld.name, type=kind, **kw)
     return click.option(*flags, fld.name, type=kind, default=default, show_default=default not in (None, "", {}),
                         **kw)
 
@@ -88,6 +93,25 @@ def _pairs(specs: tuple[str, ...], flag: str) -> dict[str, str]:
             raise ValueError(f"{flag} {spec!r}: expected KEY=VALUE")
         out[key.strip()] = value.strip()
     return out
+
+
+def run(step, *args, **kwargs):
+    """`step(*args, **kwargs)` (a flow, or the work of a command); any failure of it: `fail`."""
+    try:
+        return step(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - any failure: one line on stderr and exit 1
+        fail(e)
+
+
+def checked(check, *args):
+    """`check(*args)`, the checks and plan a command makes before any engine starts: a ValueError of it
+    (rasr.options.UsageError and the like) is a usage error (exit 2), any other failure `fail`s."""
+    try:
+        return check(*args)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - any failure: one line on stderr and exit 1
+        fail(e)
 
 
 def fail(e: Exception) -> None:

@@ -14,10 +14,10 @@ import time
 
 import click
 
-from flows._cli import EXIT_PARTIAL, build, config_options, fail, must_exist, print_summary
+from flows._cli import EXIT_PARTIAL, build, checked, config_options, must_exist, print_summary, run
 from rasr.restoration.enhance_run import EnhanceConfig
 from rasr.restoration.generators import GeneratorOptions
-from rasr.retrieval.embedding import IndexConfig
+from rasr.retrieval.index_run import IndexConfig
 from rasr.retrieval.search import SearchConfig
 from tasks.cluster import Cluster
 
@@ -90,22 +90,19 @@ def sample(dest: str) -> None:
 
 @main.command()
 @click.argument("gallery")
-@click.option("--db", required=True, help="LanceDB location (folder or s3:// URI).")
 @config_options(IndexConfig, Cluster)
-def index(gallery, db, **opts) -> None:
+def index(gallery, **opts) -> None:
     """Embed a reference GALLERY (folder or s3:// prefix; category = sub-folder) into a LanceDB table.
 
     Incremental: only new or changed files are embedded; rows of deleted files are removed."""
-    must_exist(gallery, "gallery")
-    if not db.startswith("s3://") and os.path.isfile(db):
-        raise click.UsageError(f"--db {db} is a file, not a LanceDB folder: give a folder (created if missing)")
+    from rasr.retrieval import index_run
+
     cfg, cluster = build(IndexConfig, opts), build(Cluster, opts)
+    checked(index_run.check, gallery, cfg)
     from flows.index import index_gallery
 
-    try:
-        summary = index_gallery(gallery, db, cfg, cluster, show_progress=True)
-    except Exception as e:  # noqa: BLE001 - any failure: one line on stderr and exit 1
-        fail(e)
+    summary = run(index_gallery, gallery, cfg, cluster, show_progress=True)
+    db = cfg.db
     for err in summary["errors"]:
         click.echo(f"  skipped {err['uri']}: {err['error']}", err=True)
     h = summary["hygiene"]
@@ -131,18 +128,19 @@ def index(gallery, db, **opts) -> None:
 
 @main.command()
 @click.argument("images", nargs=-1, required=True)
-@click.option("--db", required=True, help="LanceDB location (folder or s3:// URI).")
 @config_options(SearchConfig)
 @click.option("--json", "as_json", is_flag=True, help="JSON: a list of {uri, category, similarity} for one image, "
                                                       "one line per query for several.")
 @click.option("--out", default=None, help="Write one row per query to this .jsonl or .parquet file (local or s3://).")
 @config_options(Cluster)
-def search(images, db, as_json, out, **opts) -> None:
+def search(images, as_json, out, **opts) -> None:
     """Show the top-k gallery references for IMAGES (an identical image is never its own reference).
 
     One image file: answered at once in this process. Several images, folders or s3:// prefixes (or
     --out): searched on Ray actors that load the encoder and the gallery once, one row per query:
     query_uri, relpath, status, error, ids, uris, categories, similarities."""
+    cfg = build(SearchConfig, opts)
+    db = cfg.db
     for uri in images:
         must_exist(uri, "query")
     must_exist(db, "--db")
@@ -150,16 +148,12 @@ def search(images, db, as_json, out, **opts) -> None:
         raise click.UsageError(f"--out {out}: give a .jsonl or .parquet file name")
     from rasr import storage
 
-    cfg = build(SearchConfig, opts)
     fs, path = storage.filesystem(images[0])
     single = len(images) == 1 and not out and fs.isfile(path)
     if not single:
         from flows.search import search_batch
 
-        try:
-            s = search_batch(list(images), db, out, cfg, build(Cluster, opts), show_progress=True)
-        except Exception as e:  # noqa: BLE001 - any failure: one line on stderr and exit 1
-            fail(e)
+        s = run(search_batch, list(images), out, cfg, build(Cluster, opts), show_progress=True)
         if as_json and not out:
             for row in s["rows"]:
                 click.echo(json.dumps(row))
@@ -171,21 +165,16 @@ def search(images, db, as_json, out, **opts) -> None:
         _warn_if_empty(db, cfg.table)
         print_summary("search summary", s, ["queries", "ok", "failed", "skipped", "k", "out", "seconds"])
         sys.exit(EXIT_PARTIAL if s["failed"] else 0)
-    import hashlib
-
     from rasr.restoration import images as I
-    from rasr.retrieval.encoders import load_encoder
-    from rasr.retrieval.gallery import Gallery
+    from rasr.retrieval.search import Retriever
 
-    try:
+    def search_one():
         data = storage.read_bytes(images[0])
-        g = Gallery.open(db, cfg.table)
-        enc = load_encoder(g.encoder, weights=cfg.encoder_weights)
-        g.configure(enc)
-        vec = enc.encode([I.decode_image(data).rgb])
-        hits = g.search(vec, k=cfg.k, exclude_ids=[hashlib.sha256(data).hexdigest()], category=cfg.category)[0]
-    except Exception as e:  # noqa: BLE001 - any failure: one line on stderr and exit 1
-        fail(e)
+        r = Retriever(db, cfg.table, cfg.encoder_weights)
+        vecs = r.embed([I.decode_image(data, max_pixels=I.DEFAULT_MAX_PIXELS).rgb])
+        return r.gallery, r.search(vecs, k=cfg.k, exclude_ids=[r.content_id(data)], category=cfg.category)[0]
+
+    g, hits = run(search_one)
     if not g.count():
         _warn_if_empty(db, g.name)
     if as_json:
@@ -211,14 +200,12 @@ def enhance(input, output, **opts) -> None:
 
     cfg = build(EnhanceConfig, opts, generator_options=build(GeneratorOptions, opts).as_dict())
     cluster = build(Cluster, opts)
-    try:
+    def check_and_plan():
         target = E.output_for(cfg, input, output)  # OUTPUT, or OUTPUT/<input>-<hash> with --nest-by-input
         E.check_inputs(cfg, input, target)
-        work = E.plan(cfg, input, target)
-    except (E.UsageError, ValueError) as e:
-        raise click.UsageError(str(e)) from None
-    except Exception as e:  # noqa: BLE001 - any failure: one line on stderr and exit 1
-        fail(e)
+        return target, E.plan(cfg, input, target)
+
+    target, work = checked(check_and_plan)
     if cfg.db:
         _warn_if_empty(cfg.db, cfg.table)
     if not work.shards:
@@ -227,19 +214,16 @@ def enhance(input, output, **opts) -> None:
                                           "processed": 0}, ["inputs", "already_done", "processed"])
         sys.exit(0)
     from flows.enhance import enhance_archive
-    from rasr import catalog, storage
+    from rasr import storage
 
-    listing = None
-    try:  # the flow takes this listing instead of listing INPUT (or reading --input-list) again: once per run
-        listing = storage.join(target, "_state", f"listing-{os.getpid()}-{time.time_ns()}.parquet")
-        catalog.write_items(listing, work.items)
-        summary = enhance_archive(input, output, cfg, cluster, show_progress=True, listing=listing)
-    except Exception as e:  # noqa: BLE001 - any failure: one line on stderr and exit 1
-        fail(e)
+    # the flow takes this plan instead of listing INPUT (or reading --input-list) and the run state again
+    plan_uri = storage.join(target, "_state", f"plan-{os.getpid()}-{time.time_ns()}.parquet")
+    try:
+        run(E.write_plan, plan_uri, work, cfg)
+        summary = run(enhance_archive, input, output, cfg, cluster, show_progress=True, plan_uri=plan_uri)
     finally:
-        if listing:  # whatever became of the run (the flow may fail before reading it); a store that is down keeps it
-            with contextlib.suppress(Exception):
-                storage.remove(listing)
+        with contextlib.suppress(Exception):  # whatever became of the run; a store that is down keeps it
+            storage.remove(plan_uri)
     for err in summary["errors"][:50]:
         click.echo(f"  failed {err['uri']}: {err['error']}", err=True)
     if len(summary["errors"]) > 50:
@@ -282,10 +266,7 @@ def report(output, first_run) -> None:
         raise click.UsageError(f"{storage.redact(output)} has no manifest: give the OUTPUT folder of `rasr enhance`")
     from rasr.results.results_page import write_report
 
-    try:
-        res = write_report(output, first_run=first_run)
-    except Exception as e:  # noqa: BLE001 - any failure: one line on stderr and exit 1
-        fail(e)
+    res = run(write_report, output, first_run=first_run)
     res["report"] = storage.redact(res["report"])
     print_summary("report summary", res, ["rows", "pages", "thumbs_made", "thumbs_reused", "refs_made",
                                            "thumbs_failed", "first_run", "report"])
@@ -307,10 +288,7 @@ def gc(output, input_, apply_) -> None:
     from rasr import gc as G
     from rasr.storage import redact
 
-    try:
-        stale = G.find_stale(output, input_)
-    except Exception as e:  # noqa: BLE001 - any failure: one line on stderr and exit 1
-        fail(e)
+    stale = run(G.find_stale, output, input_)
     for uri in stale.sources[:50]:
         click.echo(f"  vanished {redact(uri)}")
     if len(stale.sources) > 50:

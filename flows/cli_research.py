@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from flows._cli import EXIT_PARTIAL, build, config_options, fail, must_exist, print_summary
+from flows._cli import EXIT_PARTIAL, build, config_options, must_exist, print_summary, run
 from rasr.research.dataset import DatasetConfig
 from rasr.research.evaluation import EvalConfig
 from rasr.restoration.generators import GeneratorOptions
@@ -35,10 +35,7 @@ def evaluate(hr, output, **opts) -> None:
             must_exist(value, opt)
     from flows.evaluate import evaluate as evaluate_flow
 
-    try:
-        res = evaluate_flow(hr, output, cfg, build(Cluster, opts), show_progress=True)
-    except Exception as e:  # noqa: BLE001 - any failure: one line on stderr and exit 1
-        fail(e)
+    res = run(evaluate_flow, hr, output, cfg, build(Cluster, opts), show_progress=True)
     click.echo("\nTable 1\n" + res["table1"])
     if res["table5"]:
         click.echo("\nTable 5\n" + res["table5"])
@@ -58,10 +55,7 @@ def metrics_cmd(pred_dir, gt_dir, out, as_json, **opts) -> None:
     cfg = build(ScoreConfig, opts)
     from flows.evaluate import score_folder
 
-    try:
-        res = score_folder(pred_dir, gt_dir, out, cfg, show_progress=not as_json)
-    except Exception as e:  # noqa: BLE001 - any failure: one line on stderr and exit 1
-        fail(e)
+    res = run(score_folder, pred_dir, gt_dir, out, cfg, show_progress=not as_json)
     if as_json:
         click.echo(json.dumps(res["means"]))
     else:
@@ -90,10 +84,7 @@ def dataset_build(src, out, **opts) -> None:
     cfg, cluster = build(DatasetConfig, opts), build(Cluster, opts)
     from flows.dataset import build_dataset
 
-    try:
-        s = build_dataset(src, out, cfg, cluster, show_progress=True)
-    except Exception as e:  # noqa: BLE001 - any failure: one line on stderr and exit 1
-        fail(e)
+    s = run(build_dataset, src, out, cfg, cluster, show_progress=True)
     for err in s.get("errors", []):
         click.echo(f"  skipped {err['uri']}: {err['error']}", err=True)
     print_summary("dataset summary" + ("" if s["rebuilt"] else " (up to date, nothing done)"), s,
@@ -122,10 +113,7 @@ def train(dataset_dir, out, loss_specs, **opts) -> None:
     cfg = build(TrainConfig, opts, dataset=dataset_dir, out=out, **weights)
     from flows.train import train_refdsr
 
-    try:
-        s = train_refdsr(cfg, build(TrainScaling, opts))
-    except Exception as e:  # noqa: BLE001 - any failure: one line on stderr and exit 1
-        fail(e)
+    s = run(train_refdsr, cfg, build(TrainScaling, opts))
     if s.get("losses"):
         for name, st in s["losses"]["status"].items():
             click.echo(f"  loss {name}: {st}")

@@ -21,7 +21,7 @@ from flows._summary import publish_summary
 from rasr import catalog, manifest, runlog, storage
 from rasr.restoration import images
 from rasr.results import results_page
-from rasr.restoration.enhance_run import EnhanceConfig, check_inputs, output_for, plan
+from rasr.restoration.enhance_run import EnhanceConfig, check_inputs, output_for, plan, read_plan
 from tasks.actors import EnhanceActor
 from tasks.cluster import Cluster
 from tasks.shards import process_shards
@@ -34,13 +34,13 @@ CALL_BATCHES = 8
 @flow(name="enhance-archive")
 def enhance_archive(input: str, output: str, config: EnhanceConfig | None = None, cluster: Cluster | None = None,
                     since: float | None = None, max_inflight_shards: int | None = None,
-                    show_progress: bool = False, listing: str | None = None) -> dict:
+                    show_progress: bool = False, plan_uri: str | None = None) -> dict:
     """Enhance every new input under `input` into `output` (local folder or s3:// prefix).
 
     config: what to produce and how (rasr.restoration.enhance_run.EnhanceConfig); cluster: where the actors run.
     since: only inputs modified at or after this epoch time are considered (the nightly watermark).
-    listing: a listing of `input` this run already made (catalog.write_items; the CLI's, which removes it), used
-    instead of listing again."""
+    plan_uri: the plan this run already made (enhance_run.write_plan; the CLI's, which removes it), used instead of
+    listing `input` and reading the run state again."""
     cfg = config or EnhanceConfig()
     flow_setup(cfg, cluster)
     log = get_run_logger()
@@ -50,8 +50,7 @@ def enhance_archive(input: str, output: str, config: EnhanceConfig | None = None
     output = output_for(cfg, input, output)  # OUTPUT, or OUTPUT/<input>-<hash> with nest_by_input
     check_inputs(cfg, input, output)
     cfg_hash = cfg.hash()
-    planned_at = time.time()
-    work = plan(cfg, input, output, since, items=catalog.read_items(listing) if listing else None)
+    work = (read_plan(plan_uri, cfg) if plan_uri and since is None else None) or plan(cfg, input, output, since)
     items, shards, todo = work.items, work.shards, work.todo
     log.info(f"{len(items)} inputs, {len(items) - todo} already done, {todo} to enhance in {len(shards)} shards")
     warnings = []
@@ -65,7 +64,7 @@ def enhance_archive(input: str, output: str, config: EnhanceConfig | None = None
     results, failures, placement = process_shards(
         EnhanceActor, vars(cfg), shards, output, run_id, cfg_hash, {catalog.MANIFEST_DIR: manifest.SCHEMA},
         CALL_BATCHES * cfg.batch_size, "enhancing", show_progress, cluster, max_inflight=max_inflight_shards,
-        planned_at=planned_at)
+        planned_at=work.planned_at)
 
     counts = Counter()
     for r in results:

@@ -21,25 +21,25 @@ CHUNK = 64  # queries per actor call
 
 
 @flow(name="search-batch")
-def search_batch(queries: list[str], db: str, out: str | None = None, config: SearchConfig | None = None,
+def search_batch(queries: list[str], out: str | None = None, config: SearchConfig | None = None,
                  cluster: Cluster | None = None, show_progress: bool = False) -> dict:
-    """Search every query image (files, folders or s3:// prefixes); write the rows to `out` if given."""
+    """Search every query image (files, folders or s3:// prefixes) in the gallery config.db; write the rows to
+    `out` if given."""
     cfg = config or SearchConfig()
     flow_setup(cfg, cluster)
+    if not cfg.db:
+        raise ValueError("a search needs the gallery's --db")
+    db = cfg.db
     t0 = time.perf_counter()
     items = [it for q in queries for it in catalog.list_inputs(q)]
     rows: list[dict] = []
     if items:
-        chunks = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
-        key = f"search-{id(items)}"
-        progress.start(key, len(items), "searching", show_progress)
-        try:
-            with actor_pool(SearchActor, db, cfg.table, cfg.encoder_weights, cluster=cluster) as pool:
-                results = pool.map_calls("search", [([asdict(i) for i in c], cfg.k, cfg.category) for c in chunks],
-                                         lambda i, _: progress.advance(key, len(chunks[i])))
-            rows = [r for res in results for r in res]
-        finally:
-            progress.close(key)
+        calls = catalog.chunks(items, CHUNK)
+        with progress.bar(f"search-{id(items)}", len(items), "searching", show_progress) as key, \
+                actor_pool(SearchActor, db, cfg.table, cfg.encoder_weights, cluster=cluster) as pool:
+            results = pool.map_calls("search", [([asdict(i) for i in c], cfg.k, cfg.category) for c in calls],
+                                     lambda i, _: progress.advance(key, len(calls[i])))
+        rows = [r for res in results for r in res]
     if out:
         search.write_rows(out, rows)
     summary = {"queries": len(rows), "ok": sum(r["status"] == "ok" for r in rows),

@@ -14,12 +14,16 @@ import io
 import json
 import os
 import unicodedata
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from typing import TypeVar
 
 from rasr import storage
 from rasr.restoration.images import IMAGE_EXTENSIONS
 from rasr.listing import list_files
+
+T = TypeVar("T")
 
 DONE_DIR = "_done"  # rasr/runstate.py: loose markers and their rollups
 MANIFEST_DIR = "manifest"
@@ -170,20 +174,6 @@ def _inventory_rows(manifest_uri: str, manifest: dict):
 ITEM_FIELDS = ("uri", "relpath", "size", "mtime", "status", "reason")
 
 
-def write_items(uri: str, items: list[Item]) -> None:
-    """A listing as one Parquet object: the CLI's plan handed to the flow (the input is listed once per run)."""
-    import pyarrow as pa
-
-    cols = {f: [getattr(i, f) for i in items] for f in ITEM_FIELDS}
-    storage.write_parquet(uri, pa.table({**cols, "size": pa.array(cols["size"], pa.int64())}), compression="zstd")
-
-
-def read_items(uri: str) -> list[Item]:
-    import pyarrow.parquet as pq
-
-    return [Item(**r) for r in pq.read_table(io.BytesIO(storage.read_bytes(uri))).to_pylist()]
-
-
 def shard_id(cfg_hash: str, items: list[Item]) -> str:
     h = hashlib.sha256(cfg_hash.encode())
     for it in items:
@@ -252,11 +242,14 @@ def plan(items: list[Item], done: dict[str, list[dict]], cfg_hash: str, shard_si
     if shard_size < 1:
         raise ValueError(f"shard size must be >= 1, got {shard_size}")
     todo = [it for it in items if not is_done(it, done.get(it.relpath, ()))]
-    shards = []
-    for i in range(0, len(todo), shard_size):
-        chunk = todo[i:i + shard_size]
-        shards.append(Shard(id=shard_id(cfg_hash, chunk), items=chunk))
-    return shards
+    return [Shard(id=shard_id(cfg_hash, chunk), items=chunk) for chunk in chunks(todo, shard_size)]
+
+
+def chunks(seq: Sequence[T], size: int) -> list[Sequence[T]]:
+    """`seq` cut into consecutive pieces of `size` (the last may be shorter): shards, actor calls, batches."""
+    if size < 1:
+        raise ValueError(f"chunk size must be >= 1, got {size}")
+    return [seq[i:i + size] for i in range(0, len(seq), size)]
 
 
 def done_marker_uri(out: str, sid: str) -> str:

@@ -16,10 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+import typing
 from typing import Any
 
 # a deployment parameter with a typo must fail, not be dropped (pydantic validates Prefect's parameters)
 STRICT = {"extra": "forbid"}
+
+
+class UsageError(ValueError):
+    """An argument that cannot work (the CLI exits 2); the message names it and the fix."""
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Callable | None = None,
@@ -40,8 +45,9 @@ def choices_of(f: dataclasses.Field) -> tuple | None:
 
 
 def cli_fields(cls) -> list[dataclasses.Field]:
-    """The fields of `cls` offered on the command line, in declaration order."""
-    return [f for f in dataclasses.fields(cls) if f.metadata.get("cli", False)]
+    """The fields of `cls` offered on the command line, in declaration order (not those in its CLI_HIDDEN)."""
+    hidden = getattr(cls, "CLI_HIDDEN", ())
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("cli", False) and f.name not in hidden]
 
 
 def build(cls, values: dict, **overrides):
@@ -66,3 +72,73 @@ def check(cfg) -> None:
                 raise ValueError(f"{flag} must be >= {low}, got {value}")
             if high is not None and value > high:
                 raise ValueError(f"{flag} must be <= {high}, got {value}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Option groups: one declaration of an idea that several jobs take. A Config inherits the groups it uses
+# (its own fields follow theirs); CLI_HIDDEN names the fields a command does not offer, CLI_REQUIRED those
+# it must be given.
+
+DEFAULT_MAX_PIXELS = 40_000_000  # input pixels; a x4 output of this is 640 MP (rasr.restoration.images uses it)
+COLOR_FIXES = ("auto", "none", "adain", "wavelet")  # rasr.restoration.colorfix implements them
+
+
+@dataclasses.dataclass
+class GalleryOptions:
+    """The gallery a job retrieves from (or, for an index run, writes): its LanceDB, table and encoder weights."""
+
+    __pydantic_config__ = STRICT
+
+    db: str | None = option(None, "Gallery LanceDB (folder or s3:// URI; `rasr index` writes one).")
+    table: str | None = option(None, "Table or gallery name (needed when the DB holds several).")
+    encoder_weights: str | None = option(None, "Encoder weights (folder, file, s3:// URI or Hugging Face id), if not "
+                                               "the table's default source.")
+
+
+@dataclasses.dataclass
+class RestorationOptions:
+    """How a generator runs: tiles, colour correction, precision, device, batch size, the largest input."""
+
+    __pydantic_config__ = STRICT
+
+    tile: int = option(256, "Tile size in input (LR) pixels (0 = never tile).", low=0)
+    overlap: int = option(32, "Overlap of neighbouring tiles in input (LR) pixels.", flags=("--tile-overlap",), low=0)
+    color_fix: str = option("auto", "Colour correction of the output towards the input (auto: AdaIN for osediff and "
+                                    "refdsr as OSEDiff does, wavelet for realesrgan by measurement, none for bicubic).",
+                            choices=COLOR_FIXES)
+    dtype: str = option("fp32", "Model precision.", flags=("--precision",), choices=("fp32", "fp16", "bf16"))
+    device: str | None = option(None, "Torch device (default: the worker's accelerator).", cli=False)
+    batch_size: int = option(4, "Images per model call.", low=1)
+    max_pixels: int = option(DEFAULT_MAX_PIXELS, "Inputs above this many pixels fail with a reason.", low=1)
+
+
+class Identity:
+    """What a job's config hash is made of (`identity()`, `hash()`), one rule for every job: every field but
+    NOT_HASHED (how the work is run or shown, never what it produces), without the HASHED_WHEN_SET fields left
+    at their defaults (options added after runs existed: their hashes, and so their resume, hold), and with
+    the gallery DB as one spelling (a relative path, a trailing slash or a symlink name the same DB: a rerun
+    spelled differently redoes nothing). A job adds what only it decides in `refine`."""
+
+    NOT_HASHED: typing.ClassVar[tuple[str, ...]] = ()
+    HASHED_WHEN_SET: typing.ClassVar[dict[str, typing.Any]] = {}
+
+    def identity(self) -> dict:
+        from rasr import storage
+
+        d = dataclasses.asdict(self)
+        for k in self.NOT_HASHED:
+            d.pop(k, None)
+        for k, default in self.HASHED_WHEN_SET.items():
+            if k in d and d[k] == default:
+                d.pop(k)
+        if d.get("db"):
+            d["db"] = storage.redact(storage.normalise(d["db"]))
+        return self.refine(d)
+
+    def refine(self, d: dict) -> dict:
+        return d
+
+    def hash(self) -> str:
+        from rasr import catalog
+
+        return catalog.config_hash(self.identity())

@@ -13,6 +13,7 @@ import itertools
 import os
 import re
 import socket
+from collections import Counter
 from dataclasses import dataclass, field
 
 from tasks.cluster import Cluster
@@ -168,16 +169,16 @@ class DatasetActor(_Located):
 
     def __init__(self, db: str, table: str, cpus: float):
         _threads(cpus)
-        from rasr.retrieval.search import Searcher
+        from rasr.retrieval.search import Retriever
 
-        self.searcher = Searcher(db, table)
+        self.retriever = Retriever(db, table)
 
     def samples(self, splits: dict, cfg: dict, out: str) -> tuple[list[dict], list[dict]]:
         from rasr.catalog import Item
         from rasr.research.dataset import DatasetConfig, samples
 
         splits = {c: {k: [Item(**i) for i in v] for k, v in sp.items()} for c, sp in splits.items()}
-        return samples(splits, DatasetConfig(**cfg), out, self.searcher.retrieve)
+        return samples(splits, DatasetConfig(**cfg), out, self.retriever.retrieve)
 
 
 def root_cause(e: BaseException) -> str:
@@ -190,6 +191,14 @@ def root_cause(e: BaseException) -> str:
         if re.match(r"^[A-Za-z_.]*(Error|Exception|NotFound|Timeout)\b", ln):
             return ln
     return lines[-1] if lines else e.__class__.__name__
+
+
+class WorkerLost(RuntimeError):
+    """A call whose actor died on every try (ActorPool.as_completed)."""
+
+    def __init__(self, index: int, attempts: int, cause: BaseException):
+        super().__init__(f"call {index} lost its worker {attempts} times: {root_cause(cause)}")
+        self.index, self.attempts, self.cause = index, attempts, cause
 
 
 class ActorPool:
@@ -215,18 +224,47 @@ class ActorPool:
                 return actor
         return next(self._cycle)  # all lost: let Ray restart one or say why
 
-    def map_calls(self, method: str, calls: list[tuple], done=None) -> list:
-        """Call the actors' `method` once per argument tuple, round-robin; results in call order.
-        done(i, result) runs as each call finishes (progress). A failed call raises its error."""
-        refs = [getattr(self.next(), method).remote(*args) for args in calls]
-        pending = dict(zip(refs, range(len(refs))))
-        results: list = [None] * len(refs)
+    def as_completed(self, method: str, calls: list[tuple], retries: int = 0):
+        """The one way calls go to the actors: `method` once per argument tuple, round-robin, yielding
+        (i, result, times retried) as each call finishes. A call whose actor died is sent to the next actor up
+        to `retries` times (the dead one gets no more calls), then raises WorkerLost; a call that raised
+        raises its Ray error."""
+        actor_of: dict = {}
+        pending: dict = {}
+        tries: Counter = Counter()
+
+        def submit(i: int) -> None:
+            actor = self.next()
+            ref = getattr(actor, method).remote(*calls[i])
+            actor_of[ref], pending[ref] = actor, i
+
+        for i in range(len(calls)):
+            submit(i)
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
-            i = pending.pop(ready[0])
-            results[i] = ray.get(ready[0])
+            ref = ready[0]
+            i, actor = pending.pop(ref), actor_of.pop(ref)
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayActorError as e:  # the worker died mid-call: its outputs are not trusted
+                if not retries:
+                    raise
+                if tries[i] >= retries:
+                    raise WorkerLost(i, tries[i] + 1, e) from None
+                tries[i] += 1
+                self.lost(actor)
+                submit(i)
+                continue
+            yield i, result, tries[i]
+
+    def map_calls(self, method: str, calls: list[tuple], done=None) -> list:
+        """Call the actors' `method` once per argument tuple; results in call order. done(i, result) runs as
+        each call finishes (progress). A failed call raises its error."""
+        results: list = [None] * len(calls)
+        for i, result, _ in self.as_completed(method, calls):
+            results[i] = result
             if done:
-                done(i, results[i])
+                done(i, result)
         return results
 
     def lost(self, actor) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 
@@ -33,3 +34,13 @@ def close(key: str) -> None:
         bar = _BARS.pop(key, None)
         if bar is not None:
             bar.close()
+
+
+@contextlib.contextmanager
+def bar(key: str, total: int, desc: str, enabled: bool):
+    """A bar under `key` for the duration of the block (closed however the block ends)."""
+    start(key, total, desc, enabled)
+    try:
+        yield key
+    finally:
+        close(key)

@@ -21,7 +21,7 @@ from prefect.futures import as_completed, wait
 from rasr import catalog, faults, manifest, storage
 from rasr.catalog import Shard
 from tasks import progress
-from tasks.actors import ActorPool, actor_pool, root_cause
+from tasks.actors import ActorPool, WorkerLost, actor_pool, root_cause
 from tasks.cluster import Cluster
 from tasks.runtime import ray
 
@@ -78,42 +78,26 @@ def _process(s: Shard, out: str, run_id: str, cfg_hash: str, pool: ActorPool, pe
              schemas: dict[str, pa.Schema], progress_key: str) -> dict:
     t0 = time.perf_counter()
     items = [asdict(i) for i in s.items]
-    batches = [items[i:i + per_call] for i in range(0, len(items), per_call)]
-    actor_of = {}
-
-    def submit(i: int):
-        actor = pool.next()
-        ref = actor.process.remote(batches[i], out, s.id, run_id)
-        actor_of[ref] = actor
-        return ref
-
-    pending = {submit(i): i for i in range(len(batches))}
+    batches = catalog.chunks(items, per_call)
     results: dict[int, dict[str, list[dict]]] = {}
-    retries: Counter = Counter()
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        for ref in done:
-            i = pending.pop(ref)
-            try:
-                results[i] = ray.get(ref)
-            except ray.exceptions.RayTaskError as e:  # the call raised (e.g. the store is unreachable)
-                raise RuntimeError(f"shard {s.id}: {root_cause(e)}") from None
-            except ray.exceptions.RayActorError as e:  # the worker died mid-call: its outputs are not trusted
-                if retries[i] >= BATCH_RETRIES:
-                    raise RuntimeError(f"shard {s.id}: batch {i} lost its worker {retries[i] + 1} times: "
-                                       f"{root_cause(e)}") from None
-                retries[i] += 1
-                pool.lost(actor_of[ref])
-                pending[submit(i)] = i
-                continue
-            if retries[i]:
-                for rows in results[i].values():
+    retried_total = 0
+    try:
+        for i, result, retried in pool.as_completed("process", [(b, out, s.id, run_id) for b in batches], BATCH_RETRIES):
+            results[i] = result
+            retried_total += retried
+            if retried:
+                for rows in result.values():
                     for r in rows:
                         if "notes" in r:
-                            note = f"retried on another worker after a worker died ({retries[i]}x)"
+                            note = f"retried on another worker after a worker died ({retried}x)"
                             r["notes"] = f"{r['notes']}; {note}" if r.get("notes") else note
-            errors = sum(r["status"] == "error" for r in results[i]["manifest"])
+            errors = sum(r["status"] == "error" for r in result["manifest"])
             progress.advance(progress_key, len(batches[i]), **({"errors": errors} if errors else {}))
+    except ray.exceptions.RayTaskError as e:  # the call raised (e.g. the store is unreachable)
+        raise RuntimeError(f"shard {s.id}: {root_cause(e)}") from None
+    except WorkerLost as e:  # the worker died mid-call on every try: its outputs are not trusted
+        raise RuntimeError(f"shard {s.id}: batch {e.index} lost its worker {e.attempts} times: "
+                           f"{root_cause(e.cause)}") from None
     tables = {name: [r for i in sorted(results) for r in results[i].get(name, [])] for name in schemas}
     rows = tables["manifest"]
     missing = {it["relpath"] for it in items} - {r["relpath"] for r in rows}
@@ -142,7 +126,7 @@ def _process(s: Shard, out: str, run_id: str, cfg_hash: str, pool: ActorPool, pe
     storage.write_json(catalog.done_marker_uri(out, s.id), marker, catalog.temp_dir(out))
     per_input = Counter(status_of.values())
     return {**_result(s), "n": len(items), **{k: per_input.get(k, 0) for k in manifest.STATUSES},
-            "rows": len(rows), "seconds": marker["seconds"], "retried": sum(retries.values())}
+            "rows": len(rows), "seconds": marker["seconds"], "retried": retried_total}
 
 
 def process_shards(actor_cls, cfg: dict, shards: list, out: str, run_id: str, cfg_hash: str, schemas: dict,

@@ -122,9 +122,10 @@ def flows_env(prefect_harness, ray_session):
 def db(tmp_path_factory, sample_dirs, prefect_harness, ray_session) -> str:
     """The sample gallery indexed once per session by the real flow (tests only read it)."""
     from flows.index import index_gallery
+    from rasr.retrieval.index_run import IndexConfig
 
     path = str(tmp_path_factory.mktemp("db") / "refs.lance")
-    index_gallery(sample_dirs["gallery"], path)
+    index_gallery(sample_dirs["gallery"], IndexConfig(db=path))
     return path
 
 

@@ -164,7 +164,7 @@ def test_reruns_after_edits_settle(env, tmp_path):
         again = rasr(env, "enhance", str(inp), str(out), *BICUBIC)
         assert again.returncode == 0 and "nothing new: all 4 inputs are done" in again.stdout
         assert "run_id" not in summary_of(again.stdout)
-    assert not list((out / "_state").glob("listing-*"))  # the CLI's listing, handed to the flow, is gone
+    assert not list((out / "_state").glob("plan-*"))  # the CLI's plan, handed to the flow, is gone
     # a night told what is new (--input-list): only the listed photo, with no listing of INPUT
     photos(inp, names=("q4.png", "q5.png"), offset=3)
     (tmp_path / "new.txt").write_text("q4.png\n")
@@ -173,11 +173,38 @@ def test_reruns_after_edits_settle(env, tmp_path):
     assert "q4.png" in rows_by_name(out) and "q5.png" not in rows_by_name(out)
 
 
+def test_a_run_with_work_lists_the_archive_and_reads_its_run_state_once(flows_env, tmp_path, monkeypatch):
+    """The CLI plans before any engine starts and hands its plan to the flow (issue 26): one listing of INPUT and
+    one read of the run state per run, counted where they happen."""
+    from flows import cli
+    from rasr import catalog, runstate
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    photos(inp, names=("q0.png", "q1.png"))
+    assert CliRunner().invoke(cli.main, ["enhance", str(inp), str(out), *BICUBIC]).exit_code == 0
+    photos(inp, names=("q2.png", "q3.png"), offset=4)  # the next night's photos
+    calls = {"list_inputs": 0, "read": 0}
+    def counted(real, name):
+        def counting(*a, **k):
+            calls[name] += 1
+            return real(*a, **k)
+        return counting
+
+    for module, name in ((catalog, "list_inputs"), (runstate, "read")):
+        monkeypatch.setattr(module, name, counted(getattr(module, name), name))
+    r = CliRunner().invoke(cli.main, ["enhance", str(inp), str(out), *BICUBIC])
+    assert r.exit_code == 0, r.output
+    s = summary_of(r.output)
+    assert (s["inputs"], s["already_done"], s["processed"]) == ("4", "2", "2"), r.output
+    assert calls == {"list_inputs": 1, "read": 1}
+
+
 # ---- 4. which gallery version each row retrieved from ---------------------------------------------------------
 
 def test_rows_record_the_gallery_version_and_a_reindex_redoes_nothing(flows_env, sample_dirs, tmp_path):
     from flows.enhance import enhance_archive
     from flows.index import index_gallery
+    from rasr.retrieval.index_run import IndexConfig
     from rasr.restoration.enhance_run import EnhanceConfig
     from rasr.retrieval.gallery import Gallery
 
@@ -189,7 +216,7 @@ def test_rows_record_the_gallery_version_and_a_reindex_redoes_nothing(flows_env,
         os.makedirs(gallery / cat)
         shutil.copy(os.path.join(src, cat, first), gallery / cat / first)
     db = str(tmp_path / "refs.lance")
-    index_gallery(str(gallery), db)
+    index_gallery(str(gallery), IndexConfig(db=db))
     g = Gallery.open(db)
     v1 = g.version()
     cfg = EnhanceConfig(db=db, generator="bicubic")
@@ -202,7 +229,7 @@ def test_rows_record_the_gallery_version_and_a_reindex_redoes_nothing(flows_env,
     more = sorted(os.listdir(os.path.join(src, cats[2])))[0]
     os.makedirs(gallery / cats[2])
     shutil.copy(os.path.join(src, cats[2], more), gallery / cats[2] / more)
-    index_gallery(str(gallery), db)  # a re-index: a new table version
+    index_gallery(str(gallery), IndexConfig(db=db))  # a re-index: a new table version
     assert Gallery.open(db).version() > v1
     s = enhance_archive(sample_dirs["archive"], str(tmp_path / "out"), cfg)
     assert s["processed"] == 0  # not redone by default

@@ -3,9 +3,11 @@ the Config dataclasses (rasr/options.py)."""
 
 import dataclasses
 import inspect
+import os
 
 import click
 import pytest
+from click.testing import CliRunner
 
 from flows.cli import main
 from rasr import options
@@ -44,6 +46,8 @@ def test_every_config_field_is_an_option_with_its_default_and_help(path):
                 assert p.default == ",".join(default) and p.callback(None, p, p.default) == default
             elif isinstance(default, dict):  # JSON or repeated KEY=VALUE: parsed by the option's callback
                 assert p.callback is not None
+            elif p.required:  # no default on the command line: it must be given
+                assert f.name in cls.CLI_REQUIRED
             else:
                 assert p.default == default, f"{f.name}: {p.default!r} != {default!r}"
             assert p.help == f.metadata["help"]
@@ -75,6 +79,50 @@ def test_run_options_do_not_change_what_a_run_produces():
     ev = EvalConfig()
     assert EvalConfig(pairs_file="p.csv", lr_dir="lr/", baseline="realesrgan", examples=9, shard_size=1).hash() == ev.hash()
     assert EvalConfig(metrics=["psnr"]).hash() != ev.hash() and EvalConfig(pairs={"a.png": "r.png"}).hash() != ev.hash()
+
+
+@pytest.mark.parametrize(("group", "configs"), [
+    (options.RestorationOptions, (EnhanceConfig, EvalConfig)),
+    (options.GalleryOptions, (EnhanceConfig, EvalConfig, IndexConfig, SearchConfig))], ids=["restoration", "gallery"])
+def test_an_option_group_is_declared_once_and_shared(group, configs):
+    """The configs take the group's own fields (one declaration: default, help, bounds), and the commands offer
+    them with the same help."""
+    declared = {f.name: f for f in dataclasses.fields(group)}
+    helps = {}
+    for cls in configs:
+        assert issubclass(cls, group), cls.__name__
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for name, f in declared.items():
+            if (cls, name) != (IndexConfig, "table"):  # an index run names the table it writes (default "gallery")
+                assert fields[name] is f, f"{cls.__name__}.{name} is declared again"
+    for path in (("enhance",), ("evaluate",), ("index",), ("search",)):
+        shared = {f.name for f in dataclasses.fields(COMMANDS[path][0]) if declared.get(f.name) is f}
+        for p in command(path).params:
+            if p.name in shared:
+                helps.setdefault(p.name, set()).add(p.help)
+    assert helps and all(len(h) == 1 for h in helps.values()), helps
+
+
+def test_one_identity_for_every_job_names_the_gallery_once(tmp_path, monkeypatch):
+    """However --db is spelled, the same DB gives the same config hash (enhance and evaluation alike)."""
+    db = tmp_path / "refs.lance"
+    db.mkdir()
+    (tmp_path / "link").symlink_to(db)
+    monkeypatch.chdir(tmp_path)
+    spellings = [str(db), "refs.lance", "./refs.lance/", "link"]
+    assert all(os.path.samefile(s, db) for s in spellings)  # the file system's word, not rasr's
+    for cls in (EnhanceConfig, EvalConfig):
+        assert len({cls(db=s).hash() for s in spellings}) == 1, cls.__name__
+        assert cls(db=str(tmp_path / "other.lance")).hash() != cls(db=str(db)).hash()
+    assert all(issubclass(c, options.Identity) for c in (EnhanceConfig, EvalConfig, DatasetConfig))
+
+
+@pytest.mark.parametrize("cmd", ["index", "search"])
+def test_index_and_search_take_db_as_a_config_option_that_is_required(cmd, tmp_path):
+    r = CliRunner().invoke(main, [cmd, str(tmp_path)])
+    assert r.exit_code == 2 and "Missing option '--db'" in r.output
+    ctx = command((cmd,)).make_context(cmd, [str(tmp_path), "--db", "refs.lance"])
+    assert options.build(COMMANDS[(cmd,)][0], ctx.params).db == "refs.lance"
 
 
 def test_repeated_key_value_and_csv_options():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -26,7 +27,7 @@ from rasr import catalog, storage
 from rasr.restoration import images
 from rasr.catalog import Item
 from rasr.retrieval.encoder_names import DEFAULT_ENCODER, ENCODERS
-from rasr.options import STRICT, option
+from rasr.options import STRICT, Identity, option
 
 DATASET_SCHEMA = pa.schema([
     pa.field("split", pa.string()),          # train | test
@@ -41,7 +42,7 @@ DATASET_SCHEMA = pa.schema([
 
 
 @dataclass
-class DatasetConfig:
+class DatasetConfig(Identity):
     """Defaults: RASR-Flickr30 (40 train / 5 test / the rest as the reference database, 768 crops)."""
 
     __pydantic_config__ = STRICT
@@ -55,9 +56,6 @@ class DatasetConfig:
     self_pairs_per_image: int = option(0, "Self-reference pairs (two random crops of one image) per training image.",
                                        flags=("--self-pairs",), low=0)
     encoder: str = option(DEFAULT_ENCODER, "Retrieval encoder of the reference DB.", choices=tuple(ENCODERS))
-
-    def hash(self) -> str:
-        return catalog.config_hash(asdict(self))
 
 
 def split_category(items: list[Item], cfg: DatasetConfig, category: str) -> dict[str, list[Item]]:
@@ -111,7 +109,7 @@ def samples(splits: dict[str, dict[str, list[Item]]], cfg: DatasetConfig, out: s
             retrieve: Callable[[np.ndarray, str, int], tuple[list[str], list[float]]]) -> tuple[list[dict], list[dict]]:
     """Write the HR crops of every train/test image (and its self-reference pairs) under `out`; returns
     (dataset rows, skipped sources). retrieve(gt, category, k) -> (reference uris, similarities) of a
-    training GT (rasr.retrieval.search.Searcher.retrieve); a source that cannot be decoded or cropped is skipped
+    training GT (rasr.retrieval.search.Retriever.retrieve); a source that cannot be decoded or cropped is skipped
     with its reason."""
     rows, skipped = [], []
     for cat, sp in splits.items():
@@ -146,3 +144,73 @@ def self_pairs(rgb: np.ndarray, it: Item, category: str, cfg: DatasetConfig, out
         rows.append({"split": "train", "kind": "self", "category": category, "gt_uri": a_uri,
                      "source_uri": it.uri, "crop_box": box_a, "ref_uris": [b_uri], "ref_similarities": [float("nan")]})
     return rows
+
+
+@dataclass
+class DatasetPlan:
+    """A dataset build before its samples are made: the source images by category, split, and what says
+    whether an earlier build already made them (`key`, kept in the done-marker OUT/_done/dataset.json)."""
+
+    src: str
+    out: str
+    cfg: DatasetConfig
+    splits: dict[str, dict[str, list[Item]]]
+    key: dict
+
+    @property
+    def marker(self) -> str:
+        return storage.join(self.out, catalog.DONE_DIR, "dataset.json")
+
+    @property
+    def references(self) -> str:
+        return storage.join(self.out, "reference")
+
+    @property
+    def db(self) -> str:
+        return storage.join(self.out, "refs.lance")
+
+    def done(self) -> dict | None:
+        """The summary of an earlier build of the same listing and config, or None."""
+        if storage.exists(self.marker):
+            marker = storage.read_json(self.marker)
+            if {k: marker.get(k) for k in self.key} == self.key:
+                return marker["summary"]
+        return None
+
+    def copy_references(self) -> None:
+        """The reference split copied under OUT/reference/<category>/ (indexed next, as a gallery)."""
+        for sp in self.splits.values():
+            for it in sp["reference"]:
+                storage.write_bytes(storage.join(self.references, it.relpath), storage.read_bytes(it.uri))
+
+    def calls(self) -> list[tuple]:
+        """One sampling call per category (DatasetActor.samples): its train and test items, the config, OUT."""
+        return [({c: {k: [asdict(i) for i in sp[k]] for k in ("train", "test")}}, asdict(self.cfg), self.out)
+                for c, sp in self.splits.items()]
+
+    def finish(self, done: list[tuple[list[dict], list[dict]]], seconds: float) -> tuple[dict, list[dict]]:
+        """dataset.parquet from the categories' (rows, skipped), in category order, then the done-marker last;
+        returns (summary, skipped sources)."""
+        rows = [r for part, _ in done for r in part]
+        skipped = [s for _, part in done for s in part]
+        storage.write_parquet(storage.join(self.out, "dataset.parquet"), rows, DATASET_SCHEMA)
+        summary = {"src": storage.redact(self.src), "out": storage.redact(self.out), "categories": len(self.splits),
+                   "train": sum(r["split"] == "train" and r["kind"] == "retrieval" for r in rows),
+                   "self_pairs": sum(r["kind"] == "self" for r in rows),
+                   "test": sum(r["split"] == "test" for r in rows),
+                   "reference": sum(len(sp["reference"]) for sp in self.splits.values()), "skipped": len(skipped),
+                   "seconds": round(seconds, 2)}
+        storage.write_json(self.marker, {**self.key, "summary": summary})
+        return summary, skipped
+
+
+def plan(src: str, out: str, cfg: DatasetConfig) -> DatasetPlan:
+    """List SRC/<category>/<image>, split each category (train / test / reference)."""
+    items = [i for i in catalog.list_inputs(src) if i.is_image and "/" in i.relpath]
+    if not items:
+        raise ValueError(f"no images in category sub-folders under {storage.redact(src)} (expected SRC/<category>/<image>)")
+    by_cat: dict[str, list[Item]] = defaultdict(list)
+    for it in items:
+        by_cat[catalog.category_of(it.relpath)].append(it)
+    splits = {c: split_category(v, cfg, c) for c, v in sorted(by_cat.items())}
+    return DatasetPlan(src, out, cfg, splits, {"config": cfg.hash(), "listing": catalog.shard_id("listing", items)})

@@ -11,10 +11,9 @@ metrics against the HR. Retrieval accuracy (top-1 category match) is recorded pe
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -24,9 +23,9 @@ from rasr.restoration import images
 from rasr.catalog import Item
 from rasr.research.dataset import stable_seed
 from rasr.restoration import colorfix
-from rasr.restoration.colorfix import COLOR_FIXES
 from rasr.research.metrics import METRICS, NIQE_MIN_SIZE, MetricSuite, ScoreConfig
-from rasr.options import STRICT, option
+from rasr.retrieval.gallery import content_id
+from rasr.options import STRICT, GalleryOptions, Identity, RestorationOptions, option
 
 REF_MODES = ("retrieved", "random", "none", "given")
 TRANSFER_MODE = "transfer"  # a method's output followed by same-scene reference transfer (not a --ref-modes choice)
@@ -54,24 +53,22 @@ RETRIEVAL_SCHEMA = pa.schema([
     pa.field("similarity", pa.float32()), pa.field("match", pa.bool_()), pa.field("run_id", pa.string())])
 
 
-# what `identity` leaves out: where the inputs were read from (their contents are in pairs / lr_files),
-# and how the run is shown and sharded
-NOT_HASHED = ("device", "batch_size", "pairs_file", "lr_dir", "baseline", "examples", "shard_size")
-
-
 @dataclass
-class EvalConfig(ScoreConfig):
+class EvalConfig(Identity, RestorationOptions, GalleryOptions, ScoreConfig):
     """What an evaluation run computes (hashed: a changed config re-evaluates) and how it is shown; the
-    metrics and the PSNR/SSIM border are ScoreConfig's."""
+    metrics and the PSNR/SSIM border are ScoreConfig's, the gallery (needed by retrieved/random references and
+    Table 5) GalleryOptions', how the methods run RestorationOptions'."""
 
     __pydantic_config__ = STRICT
+    CLI_HIDDEN = ("encoder_weights", "max_pixels", "batch_size")
+    # where the inputs were read from (their contents are in pairs / lr_files), how the run is shown and sharded
+    NOT_HASHED = ("device", "batch_size", "pairs_file", "lr_dir", "baseline", "examples", "shard_size")
+    HASHED_WHEN_SET = {"encoder_weights": None}  # added after runs existed
 
     methods: list[str] = option(help="Methods: bicubic, realesrgan, osediff, refdsr (comma-separated).",
                                 factory=lambda: ["bicubic", "realesrgan"])
     ref_modes: list[str] = option(help="References for reference-based methods: retrieved, random, none, given "
                                        "(comma-separated).", factory=lambda: ["retrieved"])
-    db: str | None = option(None, "Gallery LanceDB (needed by retrieved/random references and Table 5).")
-    table: str | None = option(None, "Table or gallery name (needed when the DB holds several).")
     encoders: list[str] = option(help="Extra retrieval encoders for Table 5, e.g. dinov2,clip,vgg16.", factory=list)
     table5_method: str | None = option(None, "Reference method to run with each encoder's references.")
     pairs_file: str | None = option(None, "CSV image,ref for the 'given' mode (as WR-SR pairs).", flags=("--pairs",))
@@ -85,28 +82,14 @@ class EvalConfig(ScoreConfig):
     weights: dict[str, str] = option(help="Weights per method, e.g. realesrgan=/w/x4.pth (repeatable).", factory=dict,
                                      flags=("--method-weights", "--weights"), metavar="METHOD=REF")
     generator_options: dict = option(help="osediff_weights, refdsr_weights, fusion_scale...", factory=dict, cli=False)
-    tile: int = option(256, "Tile size in input (LR) pixels (0 = never tile).", low=0)
-    overlap: int = option(32, "Overlap of neighbouring tiles in input (LR) pixels.", flags=("--tile-overlap",), low=0)
-    color_fix: str = option("auto", "Colour correction of the output towards the input (auto: AdaIN for osediff and "
-                                    "refdsr as OSEDiff does, wavelet for realesrgan by measurement, none for bicubic).",
-                            choices=tuple(COLOR_FIXES))
-    dtype: str = option("fp32", "Model precision.", flags=("--precision",), choices=("fp32", "fp16", "bf16"))
     save_images: bool = option(True, "Keep the LR and SR images of every method.", cli=False)
-    max_pixels: int = option(images.DEFAULT_MAX_PIXELS, "HR images above this many pixels fail with a reason.", low=1,
-                             cli=False)
-    device: str | None = option(None, "Torch device (default: the worker's accelerator).", cli=False)
-    batch_size: int = option(4, "Images per model call.", cli=False)
     reference_transfer: bool = option(True, "With --db: also score every method followed by same-scene reference "
                                             "transfer (rows '<method> (transfer)'; see rasr/restoration/transfer.py).")
     baseline: str | None = option("bicubic", "Method the deltas of Table 1 refer to.")
     examples: int = option(3, "Best and worst images shown per method in the report.", low=0)
     shard_size: int = option(32, "Test images per shard (unit of resume).", low=1)
 
-    def identity(self) -> dict:
-        d = asdict(self)
-        for k in NOT_HASHED:
-            d.pop(k)
-        d["db"] = storage.redact(self.db) if self.db else None
+    def refine(self, d: dict) -> dict:
         if self.reference_transfer and self.db:
             from rasr.restoration.transfer import TRANSFER
 
@@ -117,9 +100,6 @@ class EvalConfig(ScoreConfig):
             fixes = {m: colorfix.resolve("auto", m) for m in self.methods}
             d["color_fix"] = "none" if set(fixes.values()) == {"none"} else fixes
         return d
-
-    def hash(self) -> str:
-        return catalog.config_hash(self.identity())
 
 
 def image_seed(seed: int, relpath: str) -> int:
@@ -188,19 +168,15 @@ class EvalWorker:
         galleries, encoders = {}, {}
         if not self.cfg.db:
             return galleries, encoders
-        from rasr.retrieval.encoders import load_encoder
-        from rasr.retrieval.gallery import Gallery
+        from rasr.retrieval.search import Retriever
 
-        primary = Gallery.open(self.cfg.db, self.cfg.table)
-        galleries[primary.encoder] = primary
-        base = primary.name.rsplit("__", 1)[0]
+        primary = Retriever(self.cfg.db, self.cfg.table, self.cfg.encoder_weights, device=self.cfg.device)
+        retrievers = {primary.gallery.encoder: primary}
+        base = primary.gallery.name.rsplit("__", 1)[0]
         for enc in self.cfg.encoders:
-            if enc not in galleries:
-                galleries[enc] = Gallery.open(self.cfg.db, base, encoder=enc)
-        for enc in galleries:
-            encoders[enc] = load_encoder(enc, device=self.cfg.device)
-            galleries[enc].configure(encoders[enc])
-        return galleries, encoders
+            if enc not in retrievers:
+                retrievers[enc] = Retriever(self.cfg.db, base, device=self.cfg.device, encoder=enc)
+        return {e: r.gallery for e, r in retrievers.items()}, {e: r.encoder for e, r in retrievers.items()}
 
     @property
     def primary(self):
@@ -305,7 +281,7 @@ class EvalWorker:
             base["lr_uri"] = storage.join(out, "images", "lr", rel + ".png")
             storage.write_bytes(base["gt_uri"], _png(hr))
             storage.write_bytes(base["lr_uri"], _png(lr))
-        refs, retrieval, candidates = self._references(item.relpath, lr, hashlib.sha256(data).hexdigest(), seed,
+        refs, retrieval, candidates = self._references(item.relpath, lr, content_id(data), seed,
                                                        base["category"])
         verified = []  # the same-scene match of this image (verified once, for every method's transfer row)
         rows = []

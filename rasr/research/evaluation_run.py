@@ -1,26 +1,67 @@
-"""The test-set side of evaluation, without Prefect or Ray: `given` reference pairs, existing LR files,
-which Table 5 encoders can run, FID per method, and scoring any tool's outputs against ground truth
-(`rasr metrics`)."""
+"""An evaluation run before and after its shards, without Prefect or Ray: its checks, its plan (the test
+set listed, `given` reference pairs and existing LR files read into the config, which Table 5 encoders
+can run, the shards not yet done) and its results (FID per method, summary.parquet, Table 1 and 5,
+report.html). The per-image work is rasr/research/evaluation.py's; flows/evaluate.py fans it out."""
 
 from __future__ import annotations
 
 import csv
 import io
 import os
-import re
 import tempfile
+import time
+from dataclasses import dataclass, replace
 
 import pandas as pd
 import pyarrow as pa
 
 from rasr import catalog, storage
 from rasr.research import metrics
-from rasr.restoration import images
+from rasr.research.evaluation import REF_MODES, EvalConfig
+from rasr.research.scoring import stem
 from rasr.retrieval.encoder_names import TABLE5_ENCODERS
 
 
-def stem(relpath: str) -> str:
-    return os.path.splitext(relpath)[0]
+@dataclass
+class EvalPlan:
+    """What an evaluation run will do: the test images, the config with what was read into it (its hash is
+    the run's), which Table 5 encoders run, and shards of the images not yet evaluated under it."""
+
+    items: list[catalog.Item]
+    cfg: EvalConfig
+    enc_status: dict[str, str]
+    primary: str | None          # the primary table's encoder
+    shards: list[catalog.Shard]
+    planned_at: float            # when the done-markers were read (a marker newer than this is another run's)
+
+    @property
+    def todo(self) -> int:
+        return sum(len(s.items) for s in self.shards)
+
+
+def check(cfg: EvalConfig) -> None:
+    """Reference modes that exist, and what the ones chosen need."""
+    for mode in cfg.ref_modes:
+        if mode not in REF_MODES:
+            raise ValueError(f"unknown reference mode {mode!r}: choose from {', '.join(REF_MODES)}")
+    if "given" in cfg.ref_modes and not cfg.pairs_file:
+        raise ValueError("reference mode 'given' needs --pairs CSV (columns image,ref)")
+
+
+def plan(hr: str, out: str, cfg: EvalConfig) -> EvalPlan:
+    """Check the config, list the HR test set, read the `given` pairs and LR files into the config, find the Table 5
+    encoders that can run, and shard the images not yet evaluated under the resulting config."""
+    check(cfg)
+    items = [i for i in catalog.list_inputs(hr) if i.is_image]
+    if not items:
+        raise ValueError(f"no images under {storage.redact(hr)}")
+    enc_status, extra_encoders, primary = encoder_status(cfg.db, cfg.table, list(cfg.encoders))
+    cfg = replace(cfg, encoders=extra_encoders, pairs=read_pairs(cfg.pairs_file, items) if cfg.pairs_file else {},
+                  lr_files=match_lr(cfg.lr_dir, items) if cfg.lr_dir else {})
+    cfg_hash = cfg.hash()
+    planned_at = time.time()
+    done = catalog.covered(catalog.done_markers(out), cfg_hash)
+    return EvalPlan(items, cfg, enc_status, primary, catalog.plan(items, done, cfg_hash, cfg.shard_size), planned_at)
 
 
 def read_pairs(path: str, items: list[catalog.Item]) -> dict[str, str]:
@@ -111,81 +152,6 @@ def _copy(uri: str, folder: str) -> None:
     name = uri.replace("/", "_").replace(":", "_")[-150:]
     with open(os.path.join(folder, name), "wb") as f:
         f.write(storage.read_bytes(uri))
-
-
-_TAG = re.compile(r"~[0-9a-f]{16}$")
-
-
-def output_stem(relpath: str) -> str:
-    """The input path an enhance output name stands for, without extension: the appended format extension
-    and the hash tag are taken off (`cats/a.jpg.png` -> `cats/a`, `IMG_1.JPG~3f0c...png` -> `IMG_1`)."""
-    base = os.path.splitext(relpath)[0]  # the appended output extension (or a plain file's own)
-    base = _TAG.sub("", base)
-    return stem(base) if os.path.splitext(base)[1].lower() in images.IMAGE_EXTENSIONS else base
-
-
-def pair_by_name(pred: str, gt: str) -> tuple[list[tuple[catalog.Item, catalog.Item]], list[str]]:
-    """Images under `pred` matched to ground truth under `gt` by relative path without extension (or by file
-    name): (pairs, relpaths of unmatched predictions). `pred` may be an enhance OUTPUT (its manifest says
-    which input each output is) or any folder of images, enhance's OUTPUT/images included."""
-    if storage.exists(storage.join(pred, catalog.MANIFEST_DIR)):
-        from rasr.manifest import read_manifest
-
-        preds = {stem(r["relpath"]): catalog.Item(r["output_uri"], r["relpath"], 0, "")
-                 for r in read_manifest(pred).to_pylist() if r["status"] == "ok" and r["output_uri"]}
-    else:
-        preds = {output_stem(i.relpath): i for i in catalog.list_inputs(pred) if i.is_image}
-    gts = {stem(i.relpath): i for i in catalog.list_inputs(gt) if i.is_image}
-    if not gts:
-        raise ValueError(f"no images under {storage.redact(gt)}")
-    by_base = {os.path.basename(k): k for k in gts}
-    pairs, unmatched = [], []
-    for key, item in preds.items():
-        g = gts.get(key) or gts.get(by_base.get(os.path.basename(key), ""))
-        (pairs.append((item, g)) if g else unmatched.append(item.relpath))
-    if not pairs:
-        raise ValueError(f"no file in {storage.redact(pred)} matches a file in {storage.redact(gt)} by name")
-    return pairs, unmatched
-
-
-def score_pairs(pairs, metric_names: list[str], crop_border: int = 0,
-                progress=lambda it: it) -> tuple[pd.DataFrame, dict[str, str]]:
-    """One row per (prediction, ground truth) pair with every metric (None where unavailable or the
-    image is too small for NIQE), and each metric's status; a pair that fails is a row with its reason."""
-    suite = metrics.MetricSuite(list(metric_names), crop_border=crop_border)
-    rows = []
-    for p, g in progress(pairs):
-        row = {"image": p.relpath, "pred_uri": p.uri, "gt_uri": g.uri, "status": "ok", "error": None, "notes": None,
-               **{m: None for m in metric_names}}
-        try:
-            x = images.load_rgb(storage.read_bytes(p.uri))
-            y = images.load_rgb(storage.read_bytes(g.uri))
-            values, reasons = suite.score_with_reasons(x, y)
-            row.update(values)
-            if reasons:  # the metrics that could not run on this image, each with why; the others are scored
-                row["notes"] = "; ".join(f"{m}: {why}" for m, why in reasons.items())
-        except Exception as e:  # noqa: BLE001 - one bad pair is a row with the reason
-            row.update(status="error", error=storage.redact(str(e)))
-        rows.append(row)
-    status = {m: suite.status[m] for m in metric_names}
-    if "fid" not in status:
-        status["fid"] = metrics.check("fid")
-    return pd.DataFrame(rows), status
-
-
-def score_summary(df: pd.DataFrame, status: dict[str, str], metric_names: list[str], pred: str,
-                  gt: str) -> tuple[dict[str, float | None], pd.DataFrame]:
-    """Each metric's mean over the scored pairs (None when unavailable), FID between the two folders
-    (local folders only), and the one-row summary Table 1 is made from."""
-    fid_value = None
-    if status["fid"] == metrics.OK and not storage.is_remote(pred) and not storage.is_remote(gt):
-        fid_value = metrics.fid(pred, gt)
-    means = {m: (None if status[m] != metrics.OK or m not in df or df[m].isna().all() else float(df[m].mean()))
-             for m in metric_names}
-    means["fid"] = fid_value
-    summary = pd.DataFrame([{"method": "pred", "ref_mode": "none", "images": int((df["status"] == "ok").sum()),
-                             **means}])
-    return means, summary
 
 
 def write_results(out: str, items: list[catalog.Item], cfg, enc_status: dict[str, str],

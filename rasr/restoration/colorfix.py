@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from rasr.options import COLOR_FIXES
+
 if TYPE_CHECKING:
     import torch
 
-COLOR_FIXES = ("auto", "none", "adain", "wavelet")
 DEFAULTS = {"osediff": "adain", "refdsr": "adain", "realesrgan": "wavelet", "bicubic": "none"}
 
 

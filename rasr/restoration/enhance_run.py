@@ -9,7 +9,7 @@ import json
 import os
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from rasr import catalog, listing, options, storage
 from rasr.restoration import images
@@ -17,26 +17,22 @@ from rasr.catalog import Item
 from rasr.restoration import colorfix
 from rasr.restoration.colorfix import COLOR_FIXES
 from rasr.restoration.generators import GENERATORS  # names only: no torch import
-from rasr.options import STRICT, option
-
-
-# what `identity` leaves out: the same outputs whatever these are
-NOT_HASHED = ("device", "batch_size", "db", "png_level", "quality", "shard_size", "follow_symlinks", "nest_by_input",
-              "retry_failed", "c2pa_cert", "c2pa_key", "input_list")
-# options added after runs existed: hashed only when set, so earlier runs' hashes (and their resume) hold
-HASHED_WHEN_SET = {"output_profile": "keep", "strip_metadata": False, "strip_gps": False}
+from rasr.options import STRICT, GalleryOptions, Identity, RestorationOptions, UsageError, option
 
 
 @dataclass
-class EnhanceConfig:
-    """Everything an enhance run takes besides its input, output and cluster; the fields not in
-    NOT_HASHED decide what it produces (config_hash)."""
+class EnhanceConfig(Identity, RestorationOptions, GalleryOptions):
+    """Everything an enhance run takes besides its input, output and cluster: the gallery it retrieves from
+    (GalleryOptions; without a db, no retrieval), how the generator runs (RestorationOptions) and what it
+    writes. The fields not in NOT_HASHED decide what it produces (its config hash, options.Identity)."""
 
     __pydantic_config__ = STRICT
+    CLI_HIDDEN = ("encoder_weights",)  # the table's own source; set in code or a deployment's parameters
+    # the same outputs whatever these are (the gallery's spelling is normalised, not left out)
+    NOT_HASHED = ("device", "batch_size", "png_level", "quality", "shard_size", "follow_symlinks", "nest_by_input",
+                  "retry_failed", "c2pa_cert", "c2pa_key", "input_list")
+    HASHED_WHEN_SET = {"output_profile": "keep", "strip_metadata": False, "strip_gps": False}
 
-    db: str | None = option(None, "Gallery LanceDB to retrieve references from (required by refdsr; without "
-                                  "it, no retrieval).")
-    table: str | None = option(None, "Table or gallery name (needed when the DB holds several).")
     generator: str = option("realesrgan", "Generator; or package.module:ClassName of your own Generator subclass.",
                             choices=GENERATORS, open=True)
     generator_weights: str | None = option(
@@ -44,7 +40,6 @@ class EnhanceConfig:
               "s3:// or hub id).", flags=("--generator-weights", "--weights"))
     generator_options: dict = option(help="osediff_weights, refdsr_weights, fusion_scale... (GeneratorOptions)",
                                      factory=dict, cli=False)
-    encoder_weights: str | None = option(None, "Encoder weights, if not the table's default source.", cli=False)
     top_k: int = option(1, "References retrieved per image (the best one is used).", low=1)
     min_similarity: float = option(0.0, "Below this cosine similarity the image is restored without a reference.",
                                    low=-1.0, high=1.0)
@@ -52,21 +47,12 @@ class EnhanceConfig:
         "auto", "auto: where a retrieved reference shows the same scene (verified geometrically), align it and take "
                 "its fine detail; off: never (outputs as without it).", choices=("auto", "off"))
     category_filter: bool = option(False, "Only retrieve references from the input's own folder category.")
-    tile: int = option(256, "Tile size in input (LR) pixels (0 = never tile).", low=0)
-    overlap: int = option(32, "Overlap of neighbouring tiles in input (LR) pixels.", flags=("--tile-overlap",), low=0)
-    color_fix: str = option("auto", "Colour correction of the output towards the input (auto: AdaIN for osediff and "
-                                    "refdsr as OSEDiff does, wavelet for realesrgan by measurement, none for bicubic).",
-                            choices=tuple(COLOR_FIXES))
     output_format: str = option("png", "Output format (png and webp-lossless keep every pixel; see docs/PERFORMANCE.md).",
                                 flags=("--format",), choices=("png", "jpg", "webp", "webp-lossless", "tiff"))
     png_level: int = option(images.DEFAULT_PNG_LEVEL, "PNG zlib level: 1 writes several times faster than 6 for files "
                                                       "a few per cent larger; same pixels.", low=0, high=9)
     quality: int = option(images.DEFAULT_QUALITY, "jpg / lossy webp quality.", low=1, high=100)
-    max_pixels: int = option(images.DEFAULT_MAX_PIXELS, "Inputs above this many pixels fail with a reason.", low=1)
-    dtype: str = option("fp32", "Model precision.", flags=("--precision",), choices=("fp32", "fp16", "bf16"))
     tagger: str = option("category", "Prompt tagger for diffusion generators: category|none|ram:PATH.")
-    device: str | None = option(None, "Torch device (default: the worker's accelerator).", cli=False)
-    batch_size: int = option(4, "Images per model call.", low=1)
     shard_size: int = option(64, "Images per shard (unit of resume).", low=1)
     follow_symlinks: bool = option(False, "Follow symlinks that point outside INPUT (by default they are recorded "
                                           "as skipped).")
@@ -85,15 +71,9 @@ class EnhanceConfig:
     retry_failed: bool = option(False, "Also redo inputs that failed for good (not an image, too large...); inputs "
                                        "that failed for a reason that can pass are always retried.")
 
-    def identity(self) -> dict:
-        d = asdict(self)
+    def refine(self, d: dict) -> dict:
         # png_level never changes pixels; quality only matters for lossy formats (95 was implicit before
         # it was an option, so leaving it out at 95 keeps earlier runs' hashes and their resume)
-        for k in NOT_HASHED:
-            d.pop(k)
-        for k, default in HASHED_WHEN_SET.items():
-            if d[k] == default:
-                d.pop(k)
         if images.is_lossy(self.output_format) and self.quality != images.DEFAULT_QUALITY:
             d["quality"] = self.quality
         # a transfer changes pixels only with a gallery; "off" hashes as runs before it existed (they resume)
@@ -103,20 +83,12 @@ class EnhanceConfig:
             from rasr.restoration.transfer import TRANSFER
 
             d["reference_transfer"] = TRANSFER
-        d["db"] = storage.redact(storage.normalise(self.db)) if self.db else None
         # what runs, not how it was asked for: "auto" and its resolution hash alike (earlier runs' "none" resumes)
         d["color_fix"] = colorfix.resolve(self.color_fix, self.generator) if self.color_fix in COLOR_FIXES else self.color_fix
         return d
 
     def encoding(self) -> images.Encoding:
         return images.Encoding(self.output_format, png_level=self.png_level, quality=self.quality)
-
-    def hash(self) -> str:
-        return catalog.config_hash(self.identity())
-
-
-class UsageError(ValueError):
-    """An argument that cannot work (the CLI exits 2); the message names it and the fix."""
 
 
 def check_inputs(cfg: EnhanceConfig, input: str, output: str) -> None:
@@ -240,6 +212,7 @@ class Plan:
     listed: int
     items: list[Item]
     shards: list[catalog.Shard]
+    planned_at: float = 0.0  # when the run state was read (a done-marker newer than this is another run's)
 
     @property
     def todo(self) -> int:
@@ -253,6 +226,7 @@ def plan(cfg: EnhanceConfig, input: str, output: str, since: float | None = None
     reason that can pass are planned again.
 
     since: only inputs modified at or after this epoch time (the nightly watermark)."""
+    planned_at = time.time()
     if items is None:
         items = (catalog.read_input_list(input, cfg.input_list) if cfg.input_list
                  else catalog.list_inputs(input, cfg.follow_symlinks))
@@ -263,4 +237,38 @@ def plan(cfg: EnhanceConfig, input: str, output: str, since: float | None = None
     markers = catalog.done_markers(output, cfg.hash(), {i.relpath for i in items} if cfg.input_list else None)
     done = catalog.covered(markers, cfg.hash(), retry_failed=cfg.retry_failed)
     done = catalog.same_bytes(items, done)  # a file replaced by identical bytes is not redone
-    return Plan(listed, items, catalog.plan(items, done, cfg.hash(), cfg.shard_size))
+    return Plan(listed, items, catalog.plan(items, done, cfg.hash(), cfg.shard_size), planned_at)
+
+
+def write_plan(uri: str, work: Plan, cfg: EnhanceConfig) -> None:
+    """The plan as one Parquet object, each input with its shard (-1: done): the CLI's plan handed to the flow,
+    so a run lists the archive and reads its run state once."""
+    import pyarrow as pa
+
+    shard_of = {it.relpath: k for k, s in enumerate(work.shards) for it in s.items}
+    cols = {f: [getattr(i, f) for i in work.items] for f in catalog.ITEM_FIELDS}
+    table = pa.table({**cols, "size": pa.array(cols["size"], pa.int64()),
+                      "shard": pa.array([shard_of.get(i.relpath, -1) for i in work.items], pa.int32())})
+    meta = {"config_hash": cfg.hash(), "listed": work.listed, "planned_at": work.planned_at,
+            "shard_ids": [s.id for s in work.shards]}
+    storage.write_parquet(uri, table.replace_schema_metadata({"rasr.plan": json.dumps(meta)}), compression="zstd")
+
+
+def read_plan(uri: str, cfg: EnhanceConfig) -> Plan | None:
+    """A plan `write_plan` made, or None when it was made under another config (the flow then plans itself)."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+    meta = json.loads(table.schema.metadata[b"rasr.plan"])
+    if meta["config_hash"] != cfg.hash():
+        return None
+    rows = table.to_pylist()
+    items = [Item(**{f: r[f] for f in catalog.ITEM_FIELDS}) for r in rows]
+    members: list[list[Item]] = [[] for _ in meta["shard_ids"]]
+    for it, r in zip(items, rows):
+        if r["shard"] >= 0:
+            members[r["shard"]].append(it)
+    shards = [catalog.Shard(id=sid, items=m) for sid, m in zip(meta["shard_ids"], members)]
+    return Plan(meta["listed"], items, shards, meta["planned_at"])

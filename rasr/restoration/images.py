@@ -25,13 +25,13 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from rasr import storage
+from rasr.options import DEFAULT_MAX_PIXELS
 from rasr.restoration import formats
 
 if TYPE_CHECKING:
     import torch
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"} | formats.MORE_EXTENSIONS
-DEFAULT_MAX_PIXELS = 40_000_000  # input pixels; a x4 output of this is 640 MP
 
 # The normalisation ImageNet-trained backbones expect (encoders, the tagger, the losses' VGG16 and DINOv2)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import json
 import os
 import socket
@@ -42,12 +41,11 @@ from rasr.restoration import images, metadata
 from rasr.catalog import Item
 from rasr.restoration.enhance_run import EnhanceConfig
 from rasr.manifest import empty_row
+from rasr.retrieval.gallery import content_id
 
 REF_MAX_SIDE = 1024  # references are resized to the model input anyway; bound their memory
 
 
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _now() -> dt.datetime:
@@ -92,14 +90,11 @@ class EnhanceWorker:
         self.gallery = None
         self.encoder = None
         if cfg.db:
-            from rasr.retrieval.encoders import load_encoder
-            from rasr.retrieval.gallery import Gallery
+            from rasr.retrieval.search import Retriever
 
-            self.gallery = Gallery.open(cfg.db, cfg.table)
             # on the generator's device: on a GPU worker the CPU is busy enough decoding and encoding
-            self.encoder = load_encoder(self.gallery.encoder, weights=cfg.encoder_weights,
-                                        device=str(self.generator.device))
-            self.gallery.configure(self.encoder)  # queries prepared as the table's vectors were
+            retriever = Retriever(cfg.db, cfg.table, cfg.encoder_weights, device=str(self.generator.device))
+            self.gallery, self.encoder = retriever.gallery, retriever.encoder
         if self.generator.uses_reference and self.gallery is None:
             raise ValueError(f"generator {cfg.generator!r} uses references: pass --db GALLERY_DB")
         self.restorer = Restorer(self.generator, tile=cfg.tile, overlap=cfg.overlap, color_fix=cfg.color_fix,
@@ -215,7 +210,7 @@ class EnhanceWorker:
             row.update(status="error", error=f"cannot read: {storage.redact(e)}", processed_at=_now(), retry=True)
             return None
         t1 = time.perf_counter()
-        row["sha256"] = sha256(data)
+        row["sha256"] = content_id(data)
         row["timings_ms"]["read"] = (t1 - t0) * 1e3
         try:
             faults.point("decode")

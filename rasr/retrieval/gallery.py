@@ -13,6 +13,7 @@ bench/retrieval.py and docs/PERFORMANCE.md.
 
 from __future__ import annotations
 
+import hashlib
 import datetime as dt
 import re
 import warnings
@@ -38,6 +39,12 @@ ANN_NPROBES = 4  # IVF partitions visited per query
 ANN_EF = 100  # HNSW candidate list (IVF_HNSW_SQ only)
 ANN_REFINE = 5  # re-rank refine_factor x limit candidates with the stored float32 vectors: exact similarities
 DEFAULT_TABLE = "gallery"
+
+
+def content_id(data: bytes) -> str:
+    """A photo's id in a gallery table, a manifest and a query's exclusions: the sha256 of its bytes (the same
+    photo under two names is one id; a query never retrieves its own bytes)."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def ann_index_params(rows: int) -> dict:
@@ -88,7 +95,7 @@ def schema(dim: int, encoder: str, encoder_weights: str = "", preprocessing: str
             pa.field("encoder", pa.string()),
             pa.field("vector", pa.list_(pa.float32(), dim)),
             pa.field("added_at", pa.timestamp("us", tz="UTC")),
-            pa.field("quality", pa.string()),  # "" or why the reference is doubtful (rasr.retrieval.embedding.hygiene)
+            pa.field("quality", pa.string()),  # "" or why the reference is doubtful (rasr.retrieval.index_run.hygiene)
         ],
         metadata={"rasr.encoder": encoder, "rasr.encoder_weights": encoder_weights, "rasr.dim": str(dim),
                   "rasr.preprocessing": preprocessing, "rasr.gallery_views": views},

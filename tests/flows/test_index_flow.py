@@ -16,7 +16,7 @@ def test_reindex_embeds_only_new_and_changed_files(flows_env, sample_dirs, tmp_p
     gallery = tmp_path / "gallery"
     shutil.copytree(sample_dirs["gallery"], gallery)
     db = str(tmp_path / "db")
-    first = index_gallery(str(gallery), db, IndexConfig(shard_size=8, batch_size=8))
+    first = index_gallery(str(gallery), IndexConfig(db=db, shard_size=8, batch_size=8))
     n = len([f for _, _, fs in os.walk(gallery) for f in fs])
     assert first["embedded"] == n == 20 and first["failed"] == 0
     assert first["duplicates"] == 0 and first["excluded_small"] == 0  # hygiene runs in the flow
@@ -29,7 +29,7 @@ def test_reindex_embeds_only_new_and_changed_files(flows_env, sample_dirs, tmp_p
     os.utime(coffee, (1_700_000_000, 1_700_000_000))  # mtime differs even on coarse filesystems
     (gallery / "textures" / "brick.png").unlink()
 
-    second = index_gallery(str(gallery), db, IndexConfig(shard_size=8, batch_size=8))
+    second = index_gallery(str(gallery), IndexConfig(db=db, shard_size=8, batch_size=8))
     assert second["embedded"] == 2
     assert second["deleted"] == 1 and second["unchanged"] == 18
 
@@ -43,7 +43,7 @@ def test_reindex_embeds_only_new_and_changed_files(flows_env, sample_dirs, tmp_p
 
     assert g.files()[str(coffee)][0] == hashlib.sha256(coffee.read_bytes()).hexdigest()
 
-    third = index_gallery(str(gallery), db)
+    third = index_gallery(str(gallery), IndexConfig(db=db))
     assert third["embedded"] == 0 and third["deleted"] == 0
 
 
@@ -52,7 +52,7 @@ def test_bad_gallery_files_are_reported_not_fatal(flows_env, tmp_path):
     gallery.mkdir(parents=True)
     Image.fromarray(load_photo("rocket")).save(gallery / "rocket.jpg")
     (gallery / "broken.jpg").write_bytes(b"not an image")
-    s = index_gallery(str(tmp_path / "g"), str(tmp_path / "db"))
+    s = index_gallery(str(tmp_path / "g"), IndexConfig(db=str(tmp_path / "db")))
     assert s["embedded"] == 1 and s["failed"] == 1
     assert s["errors"][0]["uri"].endswith("broken.jpg") and "not a recognised image" in s["errors"][0]["error"]
 

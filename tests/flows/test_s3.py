@@ -8,6 +8,7 @@ import pytest
 
 from flows.enhance import enhance_archive
 from flows.index import index_gallery
+from rasr.retrieval.index_run import IndexConfig
 from rasr import storage
 from rasr.retrieval.gallery import Gallery
 from rasr.manifest import read_manifest
@@ -32,7 +33,7 @@ def bucket(s3_server, sample_dirs, small_gallery):
 
 def test_index_and_enhance_on_s3(flows_env, bucket, caplog, capfd):
     caplog.set_level(logging.INFO)  # botocore DEBUG logs print request headers by design
-    idx = index_gallery("s3://photos/gallery", "s3://photos/db")
+    idx = index_gallery("s3://photos/gallery", IndexConfig(db="s3://photos/db"))
     assert idx["embedded"] == 4 and idx["failed"] == 0
     g = Gallery.open("s3://photos/db")
     assert g.count() == 4 and all(u.startswith("s3://photos/gallery/") for u in g.files())

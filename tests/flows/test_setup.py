@@ -22,10 +22,11 @@ def test_importing_the_flows_and_the_cli_sets_nothing():
 
 def test_calling_a_flow_turns_telemetry_off_before_prefect_runs_it(monkeypatch):
     from flows.search import search_batch
+    from rasr.retrieval.search import SearchConfig
 
     seen = {}
     monkeypatch.setattr(prefect.Flow, "__call__", lambda self, *a, **k: seen.update(os.environ))
     for key in QUIET_ENV:
         monkeypatch.delenv(key, raising=False)
-    search_batch(["photo.jpg"], "refs.lance")
+    search_batch(["photo.jpg"], None, SearchConfig(db="refs.lance"))
     assert {k: seen.get(k) for k in QUIET_ENV} == QUIET_ENV

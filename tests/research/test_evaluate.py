@@ -1,6 +1,7 @@
 """Flow `evaluate`: the paper's tables on a test set, per-image Parquet, the HTML report; `rasr metrics`."""
 
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -181,6 +182,19 @@ def test_rerun_does_no_work(result, flows_env, hr_set, db, tiny_diffusion):
     again = evaluate(str(hr_set), str(out), eval_config(db, pairs, tiny_diffusion))
     assert again["evaluated"] == 0 and again["already_done"] == 4
     assert again["table1"] == res["table1"]
+
+
+def test_rerun_with_the_db_spelled_differently_does_no_work(result, flows_env, hr_set, db, tiny_diffusion, tmp_path):
+    """--db through a symlink, relative to the working directory, with a trailing slash: the file system says it
+    is the same DB, so the config hash is the same and nothing is evaluated again (issue 26)."""
+    _, out = result
+    link = tmp_path / "same-refs.lance"
+    link.symlink_to(db)
+    spelled = os.path.relpath(link) + "/"
+    assert os.path.samefile(spelled, db) and spelled.rstrip("/") != db
+    cfg = dataclasses.replace(eval_config(db, out.parent / "pairs.csv", tiny_diffusion), db=spelled)
+    again = evaluate(str(hr_set), str(out), cfg)
+    assert again["evaluated"] == 0 and again["already_done"] == 4
 
 
 def test_realesrgan_vs_bicubic_matches_common_knowledge(flows_env, niqe_prior, tmp_path):

@@ -8,7 +8,7 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 
 from rasr import catalog
-from rasr.research import evaluation_run
+from rasr.research import evaluation_run, scoring
 
 
 def write(path, rgb):
@@ -52,14 +52,14 @@ def test_scoring_by_name_agrees_with_scikit_image(tmp_path, chelsea):
     write(gt / "cats" / "c.png", clean)
     write(pred / "c.png", noisy)          # matched by file name
     write(pred / "stray.png", noisy)      # no ground truth
-    pairs, unmatched = evaluation_run.pair_by_name(str(pred), str(gt))
+    pairs, unmatched = scoring.pair_by_name(str(pred), str(gt))
     assert [(p.relpath, g.relpath) for p, g in pairs] == [("c.png", "cats/c.png")] and unmatched == ["stray.png"]
-    df, status = evaluation_run.score_pairs(pairs, ["psnr"], crop_border=0)
+    df, status = scoring.score_pairs(pairs, ["psnr"], crop_border=0)
     assert status["psnr"] == "ok" and df.loc[0, "status"] == "ok"
     # PSNR on the Y channel (BT.601), as the paper's protocol: scikit-image on the same Y planes
     def y(rgb):
         return (16 + (65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]) / 255) / 255
     expected = peak_signal_noise_ratio(y(clean / 1.0), y(noisy / 1.0), data_range=1.0)
     assert df.loc[0, "psnr"] == pytest.approx(expected, abs=1e-3)
-    means, summary = evaluation_run.score_summary(df, status, ["psnr"], str(pred), str(gt))
+    means, summary = scoring.score_summary(df, status, ["psnr"], str(pred), str(gt))
     assert means["psnr"] == pytest.approx(df["psnr"].mean()) and int(summary.loc[0, "images"]) == 1

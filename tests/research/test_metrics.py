@@ -230,14 +230,14 @@ def test_niqe_refuses_images_smaller_than_a_block(niqe_prior_path, chelsea):
 
 
 def test_each_metric_that_cannot_run_says_why(niqe_prior_path, chelsea, tmp_path):
-    from rasr.research import evaluation_run
+    from rasr.research import scoring
 
     for d in ("pred", "gt"):
         (tmp_path / d).mkdir()
         Image.fromarray(chelsea[:1, :1]).save(tmp_path / d / "dot.png")          # 1x1: only PSNR can run
         Image.fromarray(chelsea[:128, :128]).save(tmp_path / d / "crop.png")    # every metric runs
-    pairs, _ = evaluation_run.pair_by_name(str(tmp_path / "pred"), str(tmp_path / "gt"))
-    df, _ = evaluation_run.score_pairs(pairs, ["psnr", "ssim", "niqe"])
+    pairs, _ = scoring.pair_by_name(str(tmp_path / "pred"), str(tmp_path / "gt"))
+    df, _ = scoring.score_pairs(pairs, ["psnr", "ssim", "niqe"])
     rows = {r["image"]: r for r in df.to_dict("records")}
     dot, crop = rows["dot.png"], rows["crop.png"]
     assert dot["status"] == "ok" and dot["psnr"] == pytest.approx(metrics.PSNR_CAP)  # still scored

@@ -333,7 +333,7 @@ def test_a_missing_codec_is_a_row_with_the_install_command(photo, tmp_path, monk
 # ---- 6. evaluation pairs outputs again -----------------------------------------------------------------------
 
 def test_metrics_pair_enhance_outputs_with_their_ground_truth(photo, tmp_path):
-    from rasr.research import evaluation_run
+    from rasr.research import scoring
 
     gt, lr = tmp_path / "gt", tmp_path / "lr"
     for d in (gt, lr, gt / "cats", lr / "cats"):
@@ -344,7 +344,7 @@ def test_metrics_pair_enhance_outputs_with_their_ground_truth(photo, tmp_path):
     rows = enhance(lr, tmp_path / "out")
     assert "~" in rows["cats/IMG_1.JPG"]["output_uri"]  # a hash tag in the name, and the appended extension
     for folder in (tmp_path / "out" / "images", tmp_path / "out"):
-        pairs, unmatched = evaluation_run.pair_by_name(str(folder), str(gt))
+        pairs, unmatched = scoring.pair_by_name(str(folder), str(gt))
         assert sorted((os.path.basename(p.uri), g.relpath) for p, g in pairs) == sorted([
             ("a.png.png", "a.png"), (os.path.basename(rows["cats/IMG_1.JPG"]["output_uri"]), "cats/IMG_1.JPG")])
         assert unmatched == []
