@@ -18,17 +18,9 @@ from prefect import get_run_logger
 
 from flows._setup import flow, flow_setup
 from flows.enhance import enhance_archive
-from rasr import storage
+from rasr import runlog
 from rasr.restoration.enhance_run import EnhanceConfig, output_for
 from tasks.cluster import Cluster
-
-WATERMARK = "_state/watermark.json"
-
-
-def read_watermark(output: str) -> dict | None:
-    uri = storage.join(output, WATERMARK)
-    return storage.read_json(uri) if storage.exists(uri) else None
-
 
 @flow(name="nightly-enhance")
 def nightly_enhance(input: str, output: str, config: EnhanceConfig | None = None, cluster: Cluster | None = None,
@@ -38,15 +30,12 @@ def nightly_enhance(input: str, output: str, config: EnhanceConfig | None = None
     log = get_run_logger()
     cfg = config or EnhanceConfig()
     target = output_for(cfg, input, output)  # enhance_archive nests the same way
-    wm = read_watermark(target)
+    wm = runlog.read_watermark(target)
     listed_at = time.time()
     since = None if wm is None else wm["listed_at"] - grace_seconds
     log.info("first run: every input" if wm is None else
              f"inputs modified since {dt.datetime.fromtimestamp(since, dt.timezone.utc).isoformat()}")
     # vanished inputs are the weekly collect-stale deployment's (flows/gc.py): a night does only the night's work
     summary = enhance_archive(input, output, cfg, cluster, since=since)
-    storage.write_json(storage.join(target, WATERMARK), {
-        "listed_at": listed_at, "listed_at_iso": dt.datetime.fromtimestamp(listed_at, dt.timezone.utc).isoformat(),
-        "run_id": summary["run_id"], "processed": summary["processed"], "failed": summary["failed"],
-        "previous": wm and {k: wm[k] for k in ("listed_at_iso", "run_id")}})
+    runlog.write_watermark(target, listed_at, summary, wm)
     return summary

@@ -58,3 +58,21 @@ def latest_runs(out: str, n: int = 10) -> tuple[list[dict], int]:
     tables, total = _run_tables(out, n)
     runs = [row for t in tables for row in t.to_pylist()]
     return sorted(runs, key=lambda r: str(r.get("finished_at") or r.get("run_id")), reverse=True), total
+
+
+# The nightly watermark: when the last *completed* night listed its inputs. It lives in the output location, not
+# in Prefect's database, so it survives a new Prefect server and is visible to anyone reading the outputs.
+WATERMARK = "_state/watermark.json"
+
+
+def read_watermark(out: str) -> dict | None:
+    uri = storage.join(out, WATERMARK)
+    return storage.read_json(uri) if storage.exists(uri) else None
+
+
+def write_watermark(out: str, listed_at: float, summary: dict, previous: dict | None) -> None:
+    """Move the watermark to `listed_at` after a completed run (a failed run leaves it: the next night retries)."""
+    storage.write_json(storage.join(out, WATERMARK), {
+        "listed_at": listed_at, "listed_at_iso": dt.datetime.fromtimestamp(listed_at, dt.timezone.utc).isoformat(),
+        "run_id": summary["run_id"], "processed": summary["processed"], "failed": summary["failed"],
+        "previous": previous and {k: previous[k] for k in ("listed_at_iso", "run_id")}})

@@ -36,6 +36,13 @@ def test_encoding_bench_smoke():
     assert result["png1_ms"] > 0 and result["png1_over_png6_size"] > 0.5
 
 
+def test_listing_bench_smoke():
+    result = bench("listing").main(["--inputs", "300", "--new", "20", "--repeat", "1"])
+    # the handed plan is the flow's own (the bench asserts the same shards) and costs one listing, one state read
+    assert result["listings"] == {"before": 2, "after": 1}
+    assert result["run_state_reads"] == {"before": 2, "after": 1}
+
+
 @pytest.mark.usefixtures("one_torch_thread")
 def test_train_bench_runs_its_tiny_cpu_path():
     result = bench("train_gpu").main(["--tiny", "--steps", "1", "--batch", "2"])
