@@ -21,7 +21,7 @@ where their weights are present) and prints them beside the published row. On a 
 a few minutes. The last line is one JSON object: {"psnr", "ssim", "lpips", "niqe", "published", "images",
 "agreement_psnr_mean", "agreement_psnr_min"} (agreement_* only with --upstream-outputs).
 
-On this project's CPU machines it runs on tiny random models in tests/test_reproduce.py (the code path, not
+On this project's CPU machines it runs on tiny random models in tests/restoration/test_reproduce.py (the code path, not
 the numbers).
 """
 

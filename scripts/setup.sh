@@ -34,7 +34,7 @@ apt_install() {
     fi
 }
 
-# headless Chromium renders the HTML reports in the tests (tests/test_evaluate.py, tests/test_run_report.py)
+# headless Chromium renders the HTML reports in the tests (tests/research/test_evaluate.py, tests/results/test_run_report.py)
 if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
     apt_install chromium "the report rendering tests will be skipped"
 fi

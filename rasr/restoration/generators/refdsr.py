@@ -4,7 +4,7 @@
     REF -> resized to the x4 LR size (or a tile) -> VAE encoder (plain) -> r -> ControlNet(z, cond=r)
                                               residuals x fusion scale -> only the skips of up_blocks[0..2]
 
-Decisions on what the paper leaves open (each has a test in tests/test_refdsr.py):
+Decisions on what the paper leaves open (each has a test in tests/restoration/test_refdsr.py):
 - Conditioning embedding: the reference enters as its 4-channel VAE latent, already at the UNet's resolution,
   so the stock image-space embedding (three stride-2 convs, 512 px -> 64) would shrink it 8x too far.
   `conditioning_embedding_out_channels=(16,)` leaves one conv 4->16 (SiLU) and the zero conv 16->320, with no
