@@ -15,7 +15,7 @@ from rasr import gc, storage
 
 
 @flow(name="collect-stale")
-def collect_stale(output: str, input: str | None = None, apply: bool = False) -> dict:
+def collect_stale(input: str | None, output: str, apply: bool = False) -> dict:
     """Find (and with `apply` remove) what inputs that no longer exist left under `output`."""
     flow_setup()
     log = get_run_logger()
