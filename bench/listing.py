@@ -8,6 +8,7 @@ best of REPEAT; each line also says how often INPUT was listed and the run state
 
     python bench/listing.py               # 100,000 inputs + 1,000 new (~2 min)
     python bench/listing.py --quick       # 10,000 inputs, one repeat
+    python bench/listing.py --smoke       # 300 inputs, seconds (tests/test_benches.py)
 
 The last line is one JSON object: before_s, after_s, ratio, listings and run-state reads per run.
 """
@@ -90,9 +91,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--new", type=int, default=1_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="10,000 inputs, one repeat")
+    ap.add_argument("--smoke", action="store_true", help="300 inputs + 20 new, one repeat (run by the test suite)")
     args = ap.parse_args(argv)
     if args.quick:
         args.inputs, args.repeat = 10_000, 1
+    if args.smoke:
+        args.inputs, args.new, args.repeat = 300, 20, 1
     from rasr.restoration import enhance_run as E
 
     work_dir = tempfile.mkdtemp(prefix="rasr-bench-listing-")

@@ -124,11 +124,10 @@ def fail(e: Exception) -> None:
 
 def must_exist(uri: str, what: str) -> None:
     """Usage error (exit 2) at once, before Prefect or Ray start, when an input location is missing."""
-    from rasr import storage
-
-    fs, path = storage.filesystem(uri)
-    if not fs.exists(path):
-        raise click.UsageError(f"{what} {storage.redact(uri)} does not exist: check the path or prefix")
+    try:
+        options.require_exists(uri, what)
+    except options.UsageError as e:
+        raise click.UsageError(str(e)) from None
 
 
 def print_summary(title: str, summary: dict, keys: list[str]) -> None:

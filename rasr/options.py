@@ -27,6 +27,15 @@ class UsageError(ValueError):
     """An argument that cannot work (the CLI exits 2); the message names it and the fix."""
 
 
+def require_exists(uri: str, what: str) -> None:
+    """A UsageError naming `what` when the location `uri` (folder, file or s3:// prefix) does not exist."""
+    from rasr import storage
+
+    fs, path = storage.filesystem(uri)
+    if not fs.exists(path):
+        raise UsageError(f"{what} {storage.redact(uri)} does not exist: check the path or prefix")
+
+
 def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Callable | None = None,
            flags: tuple[str, ...] = (), choices: tuple | None = None, open: bool = False,
            low: float | None = None, high: float | None = None, envvar: str | None = None,

@@ -37,10 +37,11 @@ def test_encoding_bench_smoke():
 
 
 def test_listing_bench_smoke():
-    result = bench("listing").main(["--inputs", "300", "--new", "20", "--repeat", "1"])
+    result = bench("listing").main(["--smoke"])
     # the handed plan is the flow's own (the bench asserts the same shards) and costs one listing, one state read
     assert result["listings"] == {"before": 2, "after": 1}
     assert result["run_state_reads"] == {"before": 2, "after": 1}
+    assert (result["inputs"], result["new"]) == (300, 20)
 
 
 @pytest.mark.usefixtures("one_torch_thread")

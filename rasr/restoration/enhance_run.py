@@ -163,9 +163,7 @@ def claim_output(input: str, output: str) -> None:
 
 
 def _check_locations(input: str, output: str) -> None:
-    fs, path = storage.filesystem(input)
-    if not fs.exists(path):
-        raise UsageError(f"input {storage.redact(input)} does not exist: check the path or prefix")
+    options.require_exists(input, "input")
     if storage.is_remote(output):
         ofs, opath = storage.filesystem(output)
         if ofs.isfile(opath):

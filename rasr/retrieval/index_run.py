@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import numpy as np
 
 from rasr import catalog, storage
 from rasr.catalog import Item
-from rasr.options import DEFAULT_MAX_PIXELS, STRICT, GalleryOptions, UsageError, option
+from rasr.options import DEFAULT_MAX_PIXELS, STRICT, GalleryOptions, UsageError, option, require_exists
 from rasr.retrieval.encoder_names import ENCODERS
 from rasr.retrieval.gallery import DEFAULT_TABLE
 
@@ -64,14 +65,9 @@ def configure(config: IndexConfig | None) -> IndexConfig:
 
 def check(gallery: str, cfg: IndexConfig) -> None:
     """Usage errors before any engine starts: the gallery exists, --db is no file."""
-    fs, path = storage.filesystem(gallery)
-    if not fs.exists(path):
-        raise UsageError(f"gallery {storage.redact(gallery)} does not exist: check the path or prefix")
-    if not storage.is_remote(cfg.db):
-        import os
-
-        if os.path.isfile(cfg.db):
-            raise UsageError(f"--db {cfg.db} is a file, not a LanceDB folder: give a folder (created if missing)")
+    require_exists(gallery, "gallery")
+    if not storage.is_remote(cfg.db) and os.path.isfile(cfg.db):
+        raise UsageError(f"--db {cfg.db} is a file, not a LanceDB folder: give a folder (created if missing)")
 
 
 @dataclass
