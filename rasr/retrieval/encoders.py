@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from rasr import weights as W
+from rasr.catalog import chunks
 from rasr.devices import pick_device
 from rasr.restoration.images import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 
@@ -94,12 +95,12 @@ class Encoder(abc.ABC):
         modes = ("crop", "squash") if self.preprocessing == "pool" else (self.preprocessing,)
         total = 0
         for mode in modes:  # "pool": the mean of the centre crop's and the whole image's embeddings
-            chunks = []
-            for i in range(0, len(images), self.batch_size):
-                x = preprocess(images[i:i + self.batch_size], self.input_size, self.mean, self.std, mode=mode)
+            parts = []
+            for batch in chunks(images, self.batch_size):
+                x = preprocess(batch, self.input_size, self.mean, self.std, mode=mode)
                 feats = self._embed(x.to(self.device)).float()
-                chunks.append(F.normalize(feats, dim=-1).cpu())
-            total = total + torch.cat(chunks)
+                parts.append(F.normalize(feats, dim=-1).cpu())
+            total = total + torch.cat(parts)
         return F.normalize(total, dim=-1).numpy().astype(np.float32)
 
     @abc.abstractmethod

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from rasr.catalog import chunks
+
 
 class TableChanged(ValueError):
     """The table was written while it was being read: search again."""
@@ -108,8 +110,7 @@ class ExactIndex:
             kk = min(k, hi - lo)
             step = max(1, self.MAX_SCORES // (hi - lo))
             low = hi - lo >= self.LOW_PRECISION_MIN_ROWS and self.low_precision is not None
-            for s in range(0, len(qidx), step):
-                chunk = qidx[s:s + step]
+            for chunk in chunks(qidx, step):
                 qs = queries[chunk]
                 if low:
                     sims = (torch.from_numpy(qs).to(self.low_precision) @ self._low()[lo:hi].T).float()

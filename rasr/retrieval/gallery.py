@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute
 
 from rasr import storage
+from rasr.catalog import chunks
 from rasr.retrieval.exact_search import ExactIndex, Hit, TableChanged, as_set, groups
 
 # Exact/ANN crossover in rows, measured by bench/retrieval.py (2 cores, 1280-d) with the exact path ranking in bf16
@@ -240,8 +241,7 @@ class Gallery:
 
     def delete_uris(self, uris: Iterable[str]) -> int:
         uris = list(uris)
-        for i in range(0, len(uris), 500):
-            chunk = uris[i:i + 500]
+        for chunk in chunks(uris, 500):
             quoted = ", ".join("'" + u.replace("'", "''") + "'" for u in chunk)
             self.table.delete(f"uri IN ({quoted})")
         self._invalidate()

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rasr.catalog import chunks
 from rasr.restoration import colorfix
 from rasr.restoration.generators.tiling import tiled_apply
 from rasr.restoration.images import resize_pil, to_tensor, to_uint8, to_uint16
@@ -99,8 +100,7 @@ class Restorer:
                                             None if ref is None else ref.shape[:2])
             groups.setdefault(key, []).append(i)
         for key, idx in groups.items():
-            for start in range(0, len(idx), self.batch_size):
-                chunk = idx[start:start + self.batch_size]
+            for chunk in chunks(idx, self.batch_size):
                 lr = torch.cat([to_tensor(lrs[i]) for i in chunk])
                 ref = None
                 if self.g.uses_reference and refs[chunk[0]] is not None:
